@@ -1,0 +1,7 @@
+"""Callbacks: one per file; they talk to models only through DESIGN.md's protocol."""
+
+from callbacks.nonfinite_loss import NonFiniteLossGuard
+from callbacks.prediction_writer import PredictionWriter
+from callbacks.schedule_guard import ScheduleLengthGuard
+
+__all__ = ["NonFiniteLossGuard", "PredictionWriter", "ScheduleLengthGuard"]

@@ -1,0 +1,75 @@
+"""Write `predict` outputs to files in the run directory, batch by batch and rank by rank.
+
+Each rank writes its batches (with their dataset indices) as it goes; at the end rank zero merges
+them in dataset order into `predictions.pt` (every tensor) and `predictions.csv` (the per-sample
+scalars and vectors), so nothing is held in memory for the whole split during the loop.
+"""
+
+import csv
+import shutil
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from typing_extensions import override
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Args:
+    output_dir: Where to write; None means the run directory (`trainer.log_dir`).
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+
+    def _dir(self, trainer) -> Path:
+        return Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+
+    def _parts(self, trainer) -> Path:
+        return self._dir(trainer) / ".prediction_parts"
+
+    @override
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            shutil.rmtree(self._parts(trainer), ignore_errors=True)
+        trainer.strategy.barrier()
+        (self._parts(trainer) / f"rank{trainer.global_rank}").mkdir(parents=True, exist_ok=True)
+
+    @override
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx: int, dataloader_idx: int
+    ) -> None:
+        if not isinstance(prediction, dict) or batch_indices is None:
+            return
+        part = {key: value.detach().cpu() for key, value in prediction.items() if isinstance(value, torch.Tensor)}
+        part["index"] = torch.as_tensor(batch_indices, dtype=torch.long)
+        torch.save(part, self._parts(trainer) / f"rank{trainer.global_rank}" / f"{dataloader_idx}_{batch_idx:07d}.pt")
+
+    @override
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            self._merge(trainer)
+        trainer.strategy.barrier()
+
+    def _merge(self, trainer) -> None:
+        files = sorted(self._parts(trainer).glob("rank*/*.pt"))
+        if not files:
+            return
+        parts = [torch.load(f, weights_only=True) for f in files]
+        merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        order = merged["index"].argsort()
+        merged = {key: value[order] for key, value in merged.items()}
+        out = self._dir(trainer)
+        torch.save(merged, out / "predictions.pt")
+        columns = ["index"] + [k for k, v in merged.items() if k != "index" and v.dim() == 1]
+        vectors = [k for k, v in merged.items() if v.dim() == 2]
+        with open(out / "predictions.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns + [f"{k}_{j}" for k in vectors for j in range(merged[k].shape[1])])
+            table = [merged[k].tolist() for k in columns]
+            wide = [merged[k].tolist() for k in vectors]
+            for row in range(len(merged["index"])):
+                writer.writerow([col[row] for col in table] + [x for rows in wide for x in rows[row]])
+        shutil.rmtree(self._parts(trainer), ignore_errors=True)

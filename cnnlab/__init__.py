@@ -1,0 +1,1 @@
+"""cnnlab: the command line, run directories and errors shared by every experiment."""

@@ -1,0 +1,228 @@
+"""The shared base of cnnlab's image DataModules: whole splits held as uint8 tensors, batches
+as index slices, normalisation and augmentation batched on the device.
+
+A subclass says how to get its files (`prepare_data`), how to read a split through
+torchvision (`load_split`) and how to augment a float batch in [0, 1] (`augment_batch`).
+"""
+
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset
+
+from cnnlab.errors import CnnlabError
+
+Split = Literal["train", "val", "test"]
+
+
+class InMemoryImages(Dataset):
+    """A split as two tensors; `__getitems__` lets the DataLoader fetch a whole batch with one
+    index operation instead of one `__getitem__` and a collate per sample."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return self.images[index], self.labels[index]
+
+
+def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """collate_fn for `InMemoryImages`: the batch is already stacked."""
+    return batch
+
+
+class ImageDataModule(LightningDataModule):
+    """Base for labelled image datasets held in memory.
+
+    Args:
+        data_dir: Root folder of torchvision's on-disk layout (e.g. `data/MNIST/raw/`).
+        batch_size: Training batch size.
+        eval_batch_size: Validation/test/predict batch size (defaults to 2 x batch_size).
+        val_size: Training images held out for validation, chosen at random from `data_seed`.
+        data_seed: Seed of the train/val split and of the sample caps; a seed study keeps it fixed.
+        augment: Random augmentation of training batches (never of validation or test).
+        normalize: Standardise with the dataset's mean/std; off keeps pixels in [0, 1] (BCE targets).
+        normal_classes: Anomaly runs: train/val keep only these classes, test keeps all.
+        max_train_samples: Cap the training images (quick runs); None keeps all.
+        max_eval_samples: Cap the validation and test images each; None keeps all.
+        predict_split: Which split `predict` runs over.
+        download: Let torchvision download missing files.
+        num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
+    """
+
+    name: str = ""
+    num_classes: int = 0
+    image_shape: tuple[int, int, int] = (0, 0, 0)
+    class_names: tuple[str, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        val_size: int = 5000,
+        data_seed: int = 0,
+        augment: bool = True,
+        normalize: bool = True,
+        normal_classes: list[int] | None = None,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        predict_split: Split = "test",
+        download: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise CnnlabError(f"data.batch_size must be at least 1, got {batch_size} / {eval_batch_size}.")
+        if val_size < 1:
+            raise CnnlabError(
+                f"data.val_size is {val_size}, but validation needs at least one image (checkpoints "
+                "select on validation metrics). Set data.val_size to a positive count, e.g. 5000."
+            )
+        bad = [c for c in normal_classes or [] if not 0 <= c < self.num_classes]
+        if bad:
+            raise CnnlabError(
+                f"data.normal_classes has {bad}, but {self.name} classes are 0..{self.num_classes - 1}. "
+                "List the class indices that count as normal, e.g. [0] or [1, 7]."
+            )
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.val_size = val_size
+        self.data_seed = data_seed
+        self.augment = augment
+        self.normalize = normalize
+        self.normal_classes = sorted(set(normal_classes)) if normal_classes else None
+        self.max_train_samples = max_train_samples
+        self.max_eval_samples = max_eval_samples
+        self.predict_split = predict_split
+        self.download = download
+        self.num_workers = num_workers
+        self.splits: dict[str, InMemoryImages] = {}
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- what a subclass provides ------------------------------------------------------------
+
+    def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read the official train or test split as (uint8 images [N, C, H, W], int64 labels [N])."""
+        raise NotImplementedError
+
+    def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Augment a float batch in [0, 1] on its device (training batches only)."""
+        return images
+
+    # -- what models and callbacks may ask -----------------------------------------------------
+
+    def is_anomaly(self, labels: torch.Tensor) -> torch.Tensor:
+        """True where a label is not a normal class (all False when no normal_classes are set)."""
+        if self.normal_classes is None:
+            return torch.zeros_like(labels, dtype=torch.bool)
+        return ~torch.isin(labels, torch.tensor(self.normal_classes, device=labels.device))
+
+    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo `normalize` for display: model-space images back to [0, 1]."""
+        if self.normalize:
+            mean, std = self._mean_std(images.device)
+            images = images * std + mean
+        return images.clamp(0, 1)
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", "validate", None) and "train" not in self.splits:
+            images, labels = self.load_split(train=True)
+            if self.val_size >= len(labels):
+                raise CnnlabError(
+                    f"data.val_size is {self.val_size}, but the {self.name} training split has only "
+                    f"{len(labels)} images. Choose a val_size below {len(labels)}."
+                )
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.data_seed))
+            val_index, train_index = order[: self.val_size], order[self.val_size :]
+            train_index = self._select(train_index, labels, self.max_train_samples, normal_only=True)
+            val_index = self._select(val_index, labels, self.max_eval_samples, normal_only=True)
+            self.splits["train"] = InMemoryImages(images[train_index], labels[train_index])
+            self.splits["val"] = InMemoryImages(images[val_index], labels[val_index])
+        if stage in ("test", "predict", None) and "test" not in self.splits:
+            images, labels = self.load_split(train=False)
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.data_seed))
+            test_index = self._select(order, labels, self.max_eval_samples, normal_only=False)
+            self.splits["test"] = InMemoryImages(images[test_index], labels[test_index])
+        if stage == "predict" and self.predict_split != "test":
+            self.setup("fit")
+
+    def train_dataloader(self) -> DataLoader:
+        train = self.splits["train"]
+        # A last batch of one image would break BatchNorm's training statistics.
+        return self._loader(train, self.batch_size, shuffle=True, drop_last=len(train) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.splits["val"], self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.splits["test"], self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.splits[self.predict_split], self.eval_batch_size)
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.transform(images, train=training), labels
+
+    def transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 batch -> float model input: to [0, 1], augmented when `train`, normalised."""
+        x = images.float().div_(255)
+        if train and self.augment:
+            x = self.augment_batch(x)
+        if self.normalize:
+            mean, std = self._mean_std(x.device)
+            x = (x - mean) / std
+        return x
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _select(self, index: torch.Tensor, labels: torch.Tensor, cap: int | None, normal_only: bool) -> torch.Tensor:
+        if normal_only and self.normal_classes is not None:
+            index = index[torch.isin(labels[index], torch.tensor(self.normal_classes))]
+        if cap is not None:
+            index = index[:cap]
+        return index.sort().values
+
+    def _loader(self, dataset: InMemoryImages, batch_size: int, shuffle: bool = False, drop_last: bool = False):
+        sampler = None
+        if not shuffle and self.trainer is not None and self.trainer.world_size > 1:
+            # Evaluation under DDP: each rank a strided shard, no padding. Lightning's default
+            # DistributedSampler would pad with duplicates that skew metrics and per-sample figures.
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **self.trainer.distributed_sampler_kwargs)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            drop_last=drop_last,
+            collate_fn=keep_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._stats:
+            shape = (1, len(self.mean), 1, 1)
+            self._stats[device] = (
+                torch.tensor(self.mean, device=device).view(shape),
+                torch.tensor(self.std, device=device).view(shape),
+            )
+        return self._stats[device]

@@ -1,0 +1,134 @@
+"""MNIST handwritten digits (28x28 grey, 10 classes), read through torchvision once and held as uint8.
+
+Augmentation: small random rotations and translations, batched on the device. Never a flip:
+a mirrored 2, 6 or 7 is not a digit.
+"""
+
+import gzip
+import math
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import MNIST
+from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+from cnnlab.errors import CnnlabError
+from datamodules.base import ImageDataModule
+
+RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def random_affine(images: torch.Tensor, max_degrees: float, max_shift_px: float) -> torch.Tensor:
+    """Rotate each image by up to +-max_degrees and shift it by up to +-max_shift_px, in one
+    grid_sample for the whole batch. Randomness comes from torch's RNG on the batch's device."""
+    n, _, h, w = images.shape
+    rand = torch.rand(3, n, device=images.device) * 2 - 1
+    angle = rand[0] * math.radians(max_degrees)
+    cos, sin = angle.cos(), angle.sin()
+    # affine_grid works in [-1, 1] coordinates: one pixel is 2 / size.
+    tx, ty = rand[1] * max_shift_px * 2 / w, rand[2] * max_shift_px * 2 / h
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class MNISTDataModule(ImageDataModule):
+    """MNIST: train/val from the official training digits, test on the official 10,000.
+
+    Args:
+        max_rotation: Largest random rotation of a training digit, in degrees.
+        max_shift: Largest random translation of a training digit, in pixels.
+        (the rest: see ImageDataModule)
+    """
+
+    name = "MNIST"
+    num_classes = 10
+    image_shape = (1, 28, 28)
+    class_names = tuple(str(d) for d in range(10))
+    mean = (0.1307,)
+    std = (0.3081,)
+
+    def __init__(self, *args, max_rotation: float = 10.0, max_shift: float = 2.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_rotation = max_rotation
+        self.max_shift = max_shift
+
+    @property
+    def raw_folder(self) -> Path:
+        return Path(self.data_dir) / "MNIST" / "raw"
+
+    def prepare_data(self) -> None:
+        self._unpack_gzipped()
+        if all((self.raw_folder / name).is_file() for name in RAW_FILES):
+            return
+        if not self.download:
+            raise self._missing_error("download is off (data.download: false)")
+        try:
+            for train in (True, False):
+                MNIST(self.data_dir, train=train, download=True)
+        except (RuntimeError, OSError) as err:
+            raise self._missing_error(str(err).splitlines()[-1].strip() or type(err).__name__) from None
+
+    def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            dataset = MNIST(self.data_dir, train=train, download=False)
+        except RuntimeError as err:
+            if "not found" in str(err):
+                raise self._missing_error("the files are missing") from None
+            raise self._corrupt_error(train, err) from None
+        except (AssertionError, ValueError, TypeError) as err:
+            raise self._corrupt_error(train, err) from None
+        images, labels = dataset.data, dataset.targets
+        if len(images) != len(labels):
+            raise self._corrupt_error(train, f"{len(images)} images but {len(labels)} labels")
+        return images.unsqueeze(1).contiguous(), labels.long()
+
+    def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
+        return random_affine(images, self.max_rotation, self.max_shift)
+
+    def _unpack_gzipped(self) -> None:
+        """Unpack `<name>.gz` lying where torchvision expects `<name>` (as its download would)."""
+        for name in RAW_FILES:
+            target, packed = self.raw_folder / name, self.raw_folder / f"{name}.gz"
+            if target.is_file() or not packed.is_file():
+                continue
+            try:
+                with gzip.open(packed, "rb") as src, open(target.with_suffix(".part"), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, EOFError) as err:
+                target.with_suffix(".part").unlink(missing_ok=True)
+                raise CnnlabError(
+                    f"{packed} is corrupt or truncated ({err}). Replace it with a good copy of MNIST's "
+                    f"{packed.name}, or delete it to let torchvision download it."
+                ) from None
+            target.with_suffix(".part").rename(target)
+
+    def _missing_error(self, reason: str) -> CnnlabError:
+        return CnnlabError(
+            f"MNIST was not found in {self.raw_folder}/ (looked for {', '.join(RAW_FILES)}, or the same "
+            f"names with .gz) and could not be downloaded: {reason}. On a machine with internet access run "
+            "again with data.download true and torchvision fetches it there. Offline, copy the four MNIST "
+            f"files (.gz or unpacked) into {self.raw_folder}/, or point --data.data_dir at a folder that "
+            "holds MNIST/raw/ with them."
+        )
+
+    def _corrupt_error(self, train: bool, err: object) -> CnnlabError:
+        prefix = "train" if train else "t10k"
+        culprit = f"{self.raw_folder}/{prefix}-images-idx3-ubyte or {prefix}-labels-idx1-ubyte"
+        for name in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
+            try:
+                read_sn3_pascalvincent_tensor(str(self.raw_folder / name), strict=True)
+            except Exception:  # any failure names this file as the bad one
+                culprit = str(self.raw_folder / name)
+                break
+        return CnnlabError(
+            f"{culprit} is corrupt or truncated ({err}). Delete it (and its .gz, if any) and run again "
+            "to download it, or replace it with a good copy of the MNIST file of that name."
+        )

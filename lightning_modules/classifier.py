@@ -1,0 +1,107 @@
+"""ImageClassifier: trains a classifier backbone (networks/classifiers.py) with cross-entropy."""
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
+
+from lightning_modules.optimization import configure_optimizers
+from networks.classifiers import Backbone, build_backbone
+
+
+class ImageClassifier(LightningModule):
+    """An image classifier with a selectable backbone.
+
+    Args:
+        backbone: mlp (fully connected baseline), lenet5 (LeCun et al. 1998), alexnet (AlexNet
+            scaled to 28-32 px), cnn (small conv-BN-ReLU net for MNIST), resnet (residual CNN).
+        image_shape: (channels, height, width); linked from the DataModule.
+        num_classes: Linked from the DataModule.
+        width: Channels (or hidden units) of the first layer; None keeps the backbone's default.
+        dropout: Dropout before the classifier head; None keeps the backbone's default.
+        label_smoothing: Cross-entropy label smoothing (Szegedy et al. 2016) of the training loss.
+        optimizer: Optimizer factory (class_path + init_args in YAML).
+        lr_scheduler: Scheduler factory; OneCycleLR gets total_steps from the trainer.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone = "cnn",
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int = 10,
+        width: int | None = None,
+        dropout: float | None = None,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        # hparams hold the YAML of these two (for checkpoints); the callables themselves stay here.
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.net = build_backbone(backbone, image_shape, num_classes, width, dropout)
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+
+    @override
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def per_sample_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of each sample (no label smoothing), float32: [B]."""
+        images, labels = batch
+        return F.cross_entropy(self(images).float(), labels, reduction="none")
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        # float32 cross-entropy: logits may be fp16/bf16 under autocast.
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+        accuracy = getattr(self, f"{stage}_acc")
+        accuracy(logits, labels)
+        if stage == "train":  # the per-step curve; epoch means are for val/test
+            self.log("train/loss", loss, prog_bar=True)
+        else:  # MeanMetric weighs by samples, exact across ranks and a short last batch
+            mean_loss = getattr(self, f"{stage}_loss")
+            mean_loss(loss, weight=len(labels))
+            self.log(f"{stage}/loss", mean_loss, prog_bar=True)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    @override
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    @override
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    @override
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    @override
+    def on_train_start(self) -> None:
+        # The sanity check fills val metrics with an untrained model's numbers; forget them.
+        self.val_acc_best.reset()
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    @override
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        probs = self(images).float().softmax(dim=1)
+        return {"probs": probs, "pred": probs.argmax(dim=1), "label": labels}
+
+    @override
+    def configure_optimizers(self):
+        return configure_optimizers(self, self.optimizer, self.lr_scheduler)

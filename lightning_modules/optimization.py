@@ -1,0 +1,47 @@
+"""Optimizer and LR scheduler from the CLI (`OptimizerCallable`, `LRSchedulerCallable`), shared
+by every LightningModule's `configure_optimizers`."""
+
+import functools
+import inspect
+
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+
+def configure_optimizers(
+    module: LightningModule, optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None
+):
+    """Build the optimizer and, if given, its scheduler.
+
+    A scheduler that plans over the whole run (OneCycleLR's `total_steps`) gets the trainer's
+    step count and steps every batch, so a config never repeats max_epochs; ReduceLROnPlateau
+    watches `val/loss`; any other scheduler steps once per epoch.
+    """
+    opt = optimizer(module.parameters())
+    if lr_scheduler is None:
+        return opt
+    target, given = _scheduler_class(lr_scheduler), getattr(lr_scheduler, "keywords", {})
+    if target is not None and "total_steps" in inspect.signature(target).parameters:
+        if given.get("total_steps") is None and given.get("epochs") is None:
+            scheduler = lr_scheduler(opt, total_steps=int(module.trainer.estimated_stepping_batches))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": lr_scheduler(opt), "interval": "step"}}
+    scheduler = lr_scheduler(opt)
+    config = {"scheduler": scheduler, "interval": "epoch"}
+    if isinstance(scheduler, ReduceLROnPlateau):
+        config["monitor"] = "val/loss"
+    return {"optimizer": opt, "lr_scheduler": config}
+
+
+def _scheduler_class(lr_scheduler: LRSchedulerCallable) -> type | None:
+    """The scheduler class behind a callable: jsonargparse hands over a partial whose positional
+    arguments hold the class (after its instantiator); Python users may pass partial(cls, ...)
+    or the class itself."""
+    if inspect.isclass(lr_scheduler):
+        return lr_scheduler
+    if isinstance(lr_scheduler, functools.partial):
+        for candidate in (lr_scheduler.func, *lr_scheduler.args):
+            if inspect.isclass(candidate):
+                return candidate
+    return None

@@ -1,0 +1,1 @@
+"""Networks: plain nn.Modules, trained by the LightningModules in lightning_modules/."""
