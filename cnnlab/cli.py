@@ -277,11 +277,32 @@ class CnnlabCLI(LightningCLI):
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         return super().instantiate_trainer(**kwargs)
 
+    def fit(self, **kwargs) -> None:
+        self._recording_failure(self.trainer.fit, **kwargs)
+
+    def validate(self, **kwargs) -> None:
+        self._recording_failure(self.trainer.validate, **kwargs)
+
+    def test(self, **kwargs) -> None:
+        self._recording_failure(self.trainer.test, **kwargs)
+
     def predict(self, **kwargs) -> None:
         # Predictions go to files through PredictionWriter; keeping them all in memory too would
         # defeat it on a large split.
         kwargs["return_predictions"] = False
-        self.trainer.predict(**kwargs)
+        self._recording_failure(self.trainer.predict, **kwargs)
+
+    def _recording_failure(self, run, **kwargs) -> None:
+        """Run a Trainer method; if it fails, say so in summary.json (a seed study counts failures
+        from there) and re-raise."""
+        try:
+            run(**kwargs)
+        except BaseException as err:
+            status = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
+            prefix = "" if self.subcommand in ("fit", None) else f"{self.subcommand}_"
+            error = f"{type(err).__name__}: {err}"[:2000]
+            self._update_summary((), {f"{prefix}status": status, f"{prefix}error": error})
+            raise
 
     # -- summary.json ------------------------------------------------------------------------
 
@@ -315,7 +336,7 @@ class CnnlabCLI(LightningCLI):
         self._update_summary(("val/",), {}, seconds=True)
 
     def after_test(self) -> None:
-        extra = {"test_checkpoint": self._config.get("ckpt_path")}
+        extra = {"test_status": "finished", "test_checkpoint": self._config.get("ckpt_path")}
         self._update_summary(("test/",), extra, seconds=True)
 
     @staticmethod

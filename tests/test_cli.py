@@ -147,6 +147,8 @@ def test_a_nonfinite_loss_stops_the_run_with_step_and_value(run_cli, tiny_args, 
     assert "The training loss became" in err and "at step" in err
     run = only_run(tmp_path)
     assert not (run / "checkpoints" / "last.ckpt").exists()  # no poisoned checkpoint was written
+    summary = summary_of(run)
+    assert summary["status"] == "failed" and "The training loss became" in summary["error"]
 
 
 def test_cifar10_configs_with_and_without_augmentation(run_cli, cifar_root, tmp_path):
@@ -180,6 +182,26 @@ def test_wandb_logs_offline_without_credentials(run_cli, tiny_args, tmp_path, mo
     assert len(offline) == 1
     assert (offline[0] / "files" / "config.yaml").is_file()
     assert summary_of(run)["wandb"]["id"] in offline[0].name
+
+
+@pytest.mark.slow
+def test_a_failing_wandb_logger_stops_before_training_with_advice(run_cli, tiny_args, tmp_path, monkeypatch, capsys):
+    # Online mode with a key but an unreachable server: W&B cannot start its run.
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    csv_preset = tiny_args.index(str(ROOT / "configs" / "logger" / "csv.yaml"))
+    args = tiny_args[: csv_preset - 1] + tiny_args[csv_preset + 1 :]
+    with pytest.raises(SystemExit) as info:
+        run_cli("fit", args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "W&B could not start a run" in err and "WANDB_MODE=offline" in err
+    run = only_run(tmp_path)
+    assert summary_of(run)["status"] == "failed"
+    assert not (run / "checkpoints").exists()  # stopped before the first step
 
 
 def train_py(args: list[str], **kwargs) -> subprocess.Popen:
