@@ -295,14 +295,25 @@ class CnnlabCLI(LightningCLI):
     def _recording_failure(self, run, **kwargs) -> None:
         """Run a Trainer method; if it fails, say so in summary.json (a seed study counts failures
         from there) and re-raise."""
+        failed = True
         try:
             run(**kwargs)
+            failed = False
         except BaseException as err:
             status = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
             prefix = "" if self.subcommand in ("fit", None) else f"{self.subcommand}_"
             error = f"{type(err).__name__}: {err}"[:2000]
             self._update_summary((), {f"{prefix}status": status, f"{prefix}error": error})
             raise
+        finally:
+            self._finish_wandb(failed)
+
+    def _finish_wandb(self, failed: bool) -> None:
+        """Close this run's W&B run now, not at interpreter exit: the next run in the same process (a
+        seed launcher's worker, a test) would otherwise log into it."""
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+                logger.experiment.finish(exit_code=1 if failed else 0)
 
     # -- summary.json ------------------------------------------------------------------------
 

@@ -144,3 +144,15 @@ def run_cli(monkeypatch):
         main([subcommand, *args])
 
     return run
+
+
+@pytest.fixture
+def fresh_wandb(monkeypatch):
+    """wandb keeps process-wide settings from its first run (mode, server); tests that change them
+    start and end with a clean slate."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.teardown()
+    yield
+    wandb.teardown()

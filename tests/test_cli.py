@@ -169,11 +169,10 @@ def test_cifar10_configs_with_and_without_augmentation(run_cli, cifar_root, tmp_
         assert summary["config"]["data"]["init_args"]["augment"] is (name == "cifar10_classifier")
 
 
-def test_wandb_logs_offline_without_credentials(run_cli, tiny_args, tmp_path, monkeypatch):
+def test_wandb_logs_offline_without_credentials(run_cli, tiny_args, tmp_path, monkeypatch, fresh_wandb):
     for var in ("WANDB_API_KEY", "WANDB_MODE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
     csv_preset = tiny_args.index(str(ROOT / "configs" / "logger" / "csv.yaml"))
     args = tiny_args[: csv_preset - 1] + tiny_args[csv_preset + 1 :] + ["--data.max_train_samples=100"]
     run_cli("fit", args)
@@ -185,13 +184,14 @@ def test_wandb_logs_offline_without_credentials(run_cli, tiny_args, tmp_path, mo
 
 
 @pytest.mark.slow
-def test_a_failing_wandb_logger_stops_before_training_with_advice(run_cli, tiny_args, tmp_path, monkeypatch, capsys):
+def test_a_failing_wandb_logger_stops_before_training_with_advice(
+    run_cli, tiny_args, tmp_path, monkeypatch, capsys, fresh_wandb
+):
     # Online mode with a key but an unreachable server: W&B cannot start its run.
     monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
-    monkeypatch.setenv("WANDB_SILENT", "true")
     csv_preset = tiny_args.index(str(ROOT / "configs" / "logger" / "csv.yaml"))
     args = tiny_args[: csv_preset - 1] + tiny_args[csv_preset + 1 :]
     with pytest.raises(SystemExit) as info:

@@ -49,8 +49,7 @@ def test_tensorboard_gets_the_figure_and_image(tmp_path):
     assert (tmp_path / "figures" / "scatter" / "epoch000.png").is_file()
 
 
-def test_wandb_offline_run_holds_the_media(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def test_wandb_offline_run_holds_the_media(tmp_path, fresh_wandb):
     logger = WandbLogger(save_dir=str(tmp_path), offline=True)
     trainer = trainer_with(logger, tmp_path)
     media.log_image(trainer, "grid", torch.rand(3, 8, 8))
