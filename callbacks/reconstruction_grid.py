@@ -74,6 +74,7 @@ class ReconstructionGrid(Callback):
             images = images.to(pl_module.device)
             reconstructions = pl_module.decode(pl_module.encode(images))
         inputs, outputs = for_display(trainer, images.float()), for_display(trainer, reconstructions.float())
-        rows = [part for pair in zip(inputs.split(self.per_row), outputs.split(self.per_row)) for part in pair]
+        pairs = zip(inputs.split(self.per_row), outputs.split(self.per_row), strict=True)
+        rows = [part for pair in pairs for part in pair]  # a row of inputs, then their reconstructions
         grid = make_grid(torch.cat(rows), nrow=self.per_row, padding=2, pad_value=1.0)
         media.log_image(trainer, self.key, grid, tag=tag)

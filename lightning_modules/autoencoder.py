@@ -1,6 +1,6 @@
 """AutoEncoder: a convolutional encoder to a latent code and a decoder back (networks/autoencoder.py),
-trained on the reconstruction error of each image; its anomaly scores are that error and the code's
-distance to the codes of normal validation images."""
+trained on the reconstruction error of each image; its anomaly scores are that error, the code's
+distance to the codes of (normal) validation images, and the two combined."""
 
 from typing import Literal
 
@@ -12,8 +12,8 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from cnnlab.errors import CnnlabError
-from lightning_modules.latent_gaussian import LatentGaussian
-from lightning_modules.optimization import configure_optimizers
+from lightning_modules.gaussian_fit import GaussianFit
+from lightning_modules.optimization import configure_optimizers, keep_loadable_hparams
 from networks.autoencoder import ConvDecoder, ConvEncoder
 from networks.blocks import Upsampling
 
@@ -51,11 +51,13 @@ class AutoEncoder(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        keep_loadable_hparams(self)
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         if latent_dim < 1 or not channels:
             raise CnnlabError(
                 f"model.latent_dim is {latent_dim} and model.channels is {list(channels)}, but the code needs at "
-                "least one dimension and the encoder at least one layer. Use e.g. latent_dim 16, channels [32, 64, 128]."
+                "least one dimension and the encoder at least one layer. Use e.g. latent_dim 16, channels "
+                "[32, 64, 128]."
             )
         self.latent_dim = latent_dim
         self.reconstruction_loss = reconstruction_loss
@@ -63,7 +65,10 @@ class AutoEncoder(LightningModule):
         self.decoder = ConvDecoder(image_shape, channels, latent_dim, upsample)
         # NHWC is what oneDNN (CPU) and tensor cores (GPU) convolve fastest: about 1.5x on a CPU here.
         self.to(memory_format=torch.channels_last)
-        self.latent_gaussian = LatentGaussian(latent_dim)
+        # Fitted at each validation epoch end to the validation images (normal ones in an anomaly run):
+        # the yardsticks of the latent_distance and combined anomaly scores.
+        self.latent_gaussian = GaussianFit(latent_dim)
+        self.loss_gaussian = GaussianFit(1)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
 
     # -- the protocol of DESIGN.md -----------------------------------------------------------
@@ -92,11 +97,22 @@ class AutoEncoder(LightningModule):
 
         loss: the reconstruction error (= per_sample_loss). latent_distance: squared Mahalanobis
         distance of the code to a Gaussian fitted to the codes of the validation images at the last
-        validation (in an anomaly run those are normal images only).
+        validation (in an anomaly run those are normal images only). combined: both in units of
+        their spread on those validation images, summed (see `combine_scores`).
         """
         images, _ = batch
         z = self.encode(images)
-        return {"loss": self.reconstruction_error(self.decoder(z), images), "latent_distance": self.latent_gaussian.distance(z)}
+        loss = self.reconstruction_error(self.decoder(z), images)
+        return self.combine_scores({"loss": loss, "latent_distance": self.latent_gaussian.distance(z)})
+
+    def combine_scores(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add `combined`: the loss standardised with its validation mean and std, plus the latent
+        distance standardised as a chi-square with latent_dim degrees of freedom (mean D, variance 2D,
+        what it is for codes that follow the fitted Gaussian). Anomalies can stand out in either
+        space or in both, and the sum counts both."""
+        dim = self.latent_dim
+        distance = (scores["latent_distance"] - dim) / (2 * dim) ** 0.5
+        return {**scores, "combined": self.loss_gaussian.standardize(scores["loss"]) + distance}
 
     # -- training ------------------------------------------------------------------------------
 
@@ -116,12 +132,14 @@ class AutoEncoder(LightningModule):
     def _shared_step(self, batch: Batch, stage: str) -> torch.Tensor:
         images, _ = batch
         z = self.encode(images)
-        loss = self.reconstruction_error(self.decoder(z), images).mean()
+        errors = self.reconstruction_error(self.decoder(z), images)
+        loss = errors.mean()
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True)
             return loss
         if stage == "val":
             self.latent_gaussian.update(z)
+            self.loss_gaussian.update(errors[:, None])
         mean_loss = getattr(self, f"{stage}_loss")
         mean_loss(loss, weight=len(images))
         self.log(f"{stage}/loss", mean_loss, prog_bar=True)
@@ -142,13 +160,15 @@ class AutoEncoder(LightningModule):
     @override
     def on_validation_epoch_start(self) -> None:
         self.latent_gaussian.reset()
+        self.loss_gaussian.reset()
 
     @override
     def on_validation_epoch_end(self) -> None:
-        # Refit on this epoch's validation codes, before ModelCheckpoint saves (on_validation_end),
-        # so a checkpoint's Gaussian always matches its weights.
-        self.latent_gaussian.fit(reduce=lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
-        self.latent_gaussian.reset()
+        # Refit on this epoch's validation images, before ModelCheckpoint saves (on_validation_end),
+        # so a checkpoint's yardsticks always match its weights.
+        for gaussian in (self.latent_gaussian, self.loss_gaussian):
+            gaussian.fit(reduce=lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+            gaussian.reset()
 
     @override
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:

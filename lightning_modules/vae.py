@@ -5,13 +5,13 @@ an importance-weighted bound on -log p(x) at test time (Burda et al. 2015), and 
 import math
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from cnnlab.errors import CnnlabError
 from lightning_modules.autoencoder import AutoEncoder, Batch, ReconstructionLoss
+from lightning_modules.optimization import keep_loadable_hparams
 from networks.blocks import Upsampling
 
 # exp(LOGVAR_MAX) ~ 5e8 and exp(LOGVAR_MIN) ~ 1e-13 are finite in float32; an encoder that leaves
@@ -61,6 +61,7 @@ class VAE(AutoEncoder):
     ) -> None:
         super().__init__(image_shape, latent_dim, channels, upsample, reconstruction_loss, optimizer, lr_scheduler)
         self.save_hyperparameters()
+        keep_loadable_hparams(self)
         if beta < 0 or kl_warmup_steps < 0 or iwae_samples < 0 or gaussian_std <= 0:
             raise CnnlabError(
                 f"VAE settings out of range: beta {beta}, kl_warmup_steps {kl_warmup_steps}, iwae_samples "
@@ -102,9 +103,11 @@ class VAE(AutoEncoder):
         loss: the negative ELBO (= per_sample_loss). latent_kl: KL(q(z|x) || p(z)), how far the
         posterior lies from the prior. latent_distance: squared Mahalanobis distance of the posterior
         mean to a Gaussian fitted to the validation images' means at the last validation.
+        combined: loss and latent_distance standardised and summed (AutoEncoder.combine_scores).
         """
         recon, kl, mu = self._terms(batch[0])
-        return {"loss": recon + kl, "latent_kl": kl, "latent_distance": self.latent_gaussian.distance(mu)}
+        scores = {"loss": recon + kl, "latent_distance": self.latent_gaussian.distance(mu)}
+        return {**self.combine_scores(scores), "latent_kl": kl}
 
     # -- the objective -------------------------------------------------------------------------
 
@@ -114,8 +117,8 @@ class VAE(AutoEncoder):
         if self.reconstruction_loss == "bce":
             return super().reconstruction_error(output, images)
         squared = super().reconstruction_error(output, images)
-        pixels = images[0].numel()
-        return 0.5 * squared / self.gaussian_std**2 + pixels * (math.log(self.gaussian_std) + 0.5 * math.log(2 * math.pi))
+        log_norm = math.log(self.gaussian_std) + 0.5 * math.log(2 * math.pi)  # per pixel
+        return 0.5 * squared / self.gaussian_std**2 + images[0].numel() * log_norm
 
     def _terms(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction term and KL of each image (one sample of z), and the posterior mean."""
@@ -123,11 +126,12 @@ class VAE(AutoEncoder):
         z = reparameterize(mu, logvar)
         return self.reconstruction_error(self.decoder(z), images), kl_divergence(mu, logvar), mu
 
-    def kl_weight(self) -> float:
-        """beta, ramped linearly from 0 over the first kl_warmup_steps training steps."""
+    def kl_weight(self, step: int) -> float:
+        """The KL weight at training step `step`: beta, ramped linearly from 0 over the first
+        kl_warmup_steps steps; always beta outside training."""
         if self.kl_warmup_steps == 0 or not self.training:
             return self.beta
-        return self.beta * min(1.0, self.global_step / self.kl_warmup_steps)
+        return self.beta * min(1.0, step / self.kl_warmup_steps)
 
     @torch.no_grad()
     def iwae_nll(self, images: torch.Tensor, k: int, max_decodes: int = 2048) -> torch.Tensor:
@@ -161,16 +165,17 @@ class VAE(AutoEncoder):
         images, _ = batch
         recon, kl, mu = self._terms(images)
         neg_elbo = recon + kl
-        loss = (recon + self.kl_weight() * kl).mean()
+        loss = (recon + self.kl_weight(self.global_step) * kl).mean()
         values = {"loss": loss, "recon": recon.mean(), "kl": kl.mean(), "neg_elbo": neg_elbo.mean()}
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True)
             self.log_dict({f"train/{name}": values[name] for name in STAGE_METRICS[1:]})
             if self.kl_warmup_steps:
-                self.log("train/kl_weight", self.kl_weight())
+                self.log("train/kl_weight", self.kl_weight(self.global_step))
             return loss
         if stage == "val":
             self.latent_gaussian.update(mu)
+            self.loss_gaussian.update(neg_elbo[:, None])
         for name in STAGE_METRICS:
             metric = getattr(self, f"{stage}_{name}")
             metric(values[name], weight=len(images))

@@ -37,7 +37,9 @@ class DecoderBlock(nn.Module):
     from `size`, so odd sizes (3 -> 7) come out exactly as even ones (7 -> 14).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, size: tuple[int, int], mode: Upsampling = "nearest") -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, size: tuple[int, int], mode: Upsampling = "nearest"
+    ) -> None:
         super().__init__()
         self.size, self.mode = tuple(size), mode
         if mode == "transposed":

@@ -1,15 +1,15 @@
-"""A Gaussian fitted to the latent codes of held-out normal data: the latent-space density behind the
-`latent_distance` anomaly score of the AutoEncoder and the VAE (squared Mahalanobis distance)."""
+"""A Gaussian fitted to values seen during validation (latent codes, per-image losses): what the
+AutoEncoder's and VAE's anomaly scores measure "unexpectedly large" against."""
 
 import torch
 from torch import nn
 
 
-class LatentGaussian(nn.Module):
-    """Mean and precision of latent codes, refitted from scratch at each `reset` / `update` / `fit`.
+class GaussianFit(nn.Module):
+    """Mean and precision of D-dimensional values, refitted from scratch at each `reset` / `update` / `fit`.
 
     The fitted mean and precision are buffers, so they travel in the checkpoint with the weights
-    that produced the codes. Before the first fit they describe N(0, I), a VAE's prior.
+    that produced the values. Before the first fit they describe N(0, I), a VAE's prior.
     """
 
     def __init__(self, dim: int, shrinkage: float = 1e-3) -> None:
@@ -61,6 +61,10 @@ class LatentGaussian(nn.Module):
         return tuple(torch.zeros(shape, dtype=dtype, device=device) for shape in ((), (dim,), (dim, dim)))
 
     def distance(self, z: torch.Tensor) -> torch.Tensor:
-        """Squared Mahalanobis distance of each code to the fitted mean, float32: [B]."""
+        """Squared Mahalanobis distance of each row to the fitted mean, float32: [B]."""
         centred = z.float() - self.mean
         return ((centred @ self.precision) * centred).sum(1)
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std of one-dimensional values [B], float32: [B]."""
+        return (x.float() - self.mean) * self.precision[0, 0].sqrt()
