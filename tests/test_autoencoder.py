@@ -14,6 +14,8 @@ from lightning_modules.gaussian_fit import GaussianFit
 from lightning_modules.vae import kl_divergence, reparameterize
 from networks.autoencoder import ConvDecoder, ConvEncoder
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SMALL = {"channels": (8, 16), "latent_dim": 4}
 
 

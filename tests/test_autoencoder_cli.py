@@ -11,6 +11,8 @@ from conftest import MNIST_TEST, ROOT
 
 from lightning_modules import VAE, AutoEncoder
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TINY_MODEL = ["--model.channels=[8, 16]", "--model.latent_dim=4"]
 
 

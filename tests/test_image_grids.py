@@ -2,6 +2,7 @@
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
@@ -11,6 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from callbacks import ReconstructionGrid, SampleGrid
 from callbacks.eval_mode import eval_mode
 from lightning_modules import VAE, AutoEncoder
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SMALL = {"channels": (8, 16), "latent_dim": 4}
 
