@@ -63,7 +63,8 @@ class AutoEncoder(LightningModule):
         self.reconstruction_loss = reconstruction_loss
         self.encoder = ConvEncoder(image_shape, channels, latent_dim * self.latent_heads)
         self.decoder = ConvDecoder(image_shape, channels, latent_dim, upsample)
-        # NHWC is what oneDNN (CPU) and tensor cores (GPU) convolve fastest: about 1.5x on a CPU here.
+        # NHWC is what oneDNN (CPU) and tensor cores (GPU) convolve fastest: 1.1-1.5x less CPU time per
+        # training step here (benchmarks/autoencoder_speed.py).
         self.to(memory_format=torch.channels_last)
         # Fitted at each validation epoch end to the validation images (normal ones in an anomaly run):
         # the yardsticks of the latent_distance and combined anomaly scores.
