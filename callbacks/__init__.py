@@ -2,6 +2,8 @@
 
 from callbacks.nonfinite_loss import NonFiniteLossGuard
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.reconstruction_grid import ReconstructionGrid
+from callbacks.sample_grid import SampleGrid
 from callbacks.schedule_guard import ScheduleLengthGuard
 
-__all__ = ["NonFiniteLossGuard", "PredictionWriter", "ScheduleLengthGuard"]
+__all__ = ["NonFiniteLossGuard", "PredictionWriter", "ReconstructionGrid", "SampleGrid", "ScheduleLengthGuard"]

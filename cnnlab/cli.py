@@ -7,6 +7,7 @@ config.yaml, checkpoints/ (best.ckpt, last.ckpt), logger files, figures and summ
 and add their metrics to the run's summary.json.
 """
 
+import inspect
 import json
 import os
 import secrets
@@ -230,6 +231,15 @@ class CnnlabCLI(LightningCLI):
         for name in LINKS:
             if init_args is not None and name in init_args and self.datamodule is not None:
                 init_args[name] = getattr(self.datamodule, name)
+        # LightningCLI records a linked value in the model's hparams even where the model has no such
+        # argument (num_classes for an autoencoder); saved in a checkpoint, it would break
+        # load_from_checkpoint(path) and `test --ckpt_path` with an unexpected keyword argument.
+        if self.model is not None:
+            params = inspect.signature(type(self.model).__init__).parameters
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+                for name in LINKS:
+                    if name not in params:
+                        self.model.hparams.pop(name, None)
         self.__dict__.pop("config_dump", None)
 
     @property

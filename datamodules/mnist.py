@@ -1,7 +1,7 @@
 """MNIST handwritten digits (28x28 grey, 10 classes), read through torchvision once and held as uint8.
 
 Augmentation: small random rotations and translations, batched on the device. Never a flip:
-a mirrored 2, 6 or 7 is not a digit.
+a mirrored 2, 6 or 7 is not a digit. `binarize` gives the literature's dynamically binarised MNIST.
 """
 
 import gzip
@@ -45,6 +45,10 @@ class MNISTDataModule(ImageDataModule):
     Args:
         max_rotation: Largest random rotation of a training digit, in degrees.
         max_shift: Largest random translation of a training digit, in pixels.
+        binarize: Dynamically binarised MNIST (as VAE papers report, e.g. Burda et al. 2015): each
+            pixel is 1 with probability its grey level, drawn afresh for every training batch on the
+            device; validation and test images are drawn once, from data_seed, so their numbers
+            are reproducible.
         (the rest: see ImageDataModule)
     """
 
@@ -55,10 +59,13 @@ class MNISTDataModule(ImageDataModule):
     mean = (0.1307,)
     std = (0.3081,)
 
-    def __init__(self, *args, max_rotation: float = 10.0, max_shift: float = 2.0, **kwargs) -> None:
+    def __init__(
+        self, *args, max_rotation: float = 10.0, max_shift: float = 2.0, binarize: bool = False, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.max_rotation = max_rotation
         self.max_shift = max_shift
+        self.binarize = binarize
 
     @property
     def raw_folder(self) -> Path:
@@ -92,6 +99,31 @@ class MNISTDataModule(ImageDataModule):
 
     def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
         return random_affine(images, self.max_rotation, self.max_shift)
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if not self.binarize:
+            return
+        for offset, split in enumerate(("val", "test"), start=1):
+            data = self.splits.get(split)
+            if data is not None and not getattr(data, "binarized", False):
+                generator = torch.Generator().manual_seed(self.data_seed + offset)
+                data.images = (torch.bernoulli(data.images / 255.0, generator=generator) * 255).to(torch.uint8)
+                data.binarized = True
+
+    def transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        if not self.binarize:
+            return super().transform(images, train)
+        x = images.float().div_(255)
+        if train and self.augment:
+            x = self.augment_batch(x)
+        # Fresh draws for training batches; validation and test pixels are already 0 or 1 (drawn once
+        # in setup), and a Bernoulli draw of 0 or 1 is itself, so they stay fixed.
+        x = torch.bernoulli(x.clamp_(0, 1))  # interpolation may round a hair above 1
+        if self.normalize:
+            mean, std = self._mean_std(x.device)
+            x = (x - mean) / std
+        return x
 
     def _unpack_gzipped(self) -> None:
         """Unpack `<name>.gz` lying where torchvision expects `<name>` (as its download would)."""

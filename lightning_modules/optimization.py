@@ -45,3 +45,15 @@ def _scheduler_class(lr_scheduler: LRSchedulerCallable) -> type | None:
             if inspect.isclass(candidate):
                 return candidate
     return None
+
+
+def keep_loadable_hparams(module: LightningModule, names: tuple[str, ...] = ("optimizer", "lr_scheduler")) -> None:
+    """Drop optimizer/scheduler hparams that are Python callables (a class, a partial, a lambda).
+
+    From the CLI they are YAML (class_path + init_args) and stay; from Python they would be pickled
+    into the checkpoint, and `load_from_checkpoint(path)` (torch.load with weights_only) refuses to
+    unpickle them. The model rebuilds with its default optimizer, which inference never uses.
+    """
+    for name in names:
+        if callable(module.hparams.get(name)):
+            del module.hparams[name]

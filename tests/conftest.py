@@ -134,6 +134,16 @@ def tiny_args(mnist_root, tmp_path) -> list[str]:
 
 
 @pytest.fixture
+def single_thread():
+    """One intra-op thread for tiny models: they gain nothing from more, and on a busy 2-core machine
+    OpenMP's spin-waiting made a tiny VAE's forward pass 10x slower in CPU time with 2 threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def run_cli(monkeypatch):
     """Run train.py's main in this process (imports paid once) with the given arguments."""
     from cnnlab.cli import main
