@@ -13,7 +13,7 @@ from cnnlab.errors import CnnlabError
 
 
 def due(trainer: Trainer, every_n_epochs: int) -> bool:
-    """At the end of a training epoch: every n-th epoch, and always the last one."""
+    """For the current training epoch (at its validation or its end): every n-th, and always the last."""
     epoch = trainer.current_epoch + 1
     last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs
     return epoch % every_n_epochs == 0 or last or trainer.should_stop

@@ -5,6 +5,7 @@ threshold, the most typical and most anomalous samples, and a per-sample CSV.
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from typing_extensions import override
 
 from callbacks import media
-from callbacks.inspection import display, evaluating, model_input, pyplot, split_dataset
+from callbacks.inspection import display, due, evaluating, model_input, pyplot, split_dataset
 from callbacks.mosaic import Mosaic, colorize
 from cnnlab.errors import CnnlabError
 
@@ -141,7 +142,7 @@ class LossHistogram(Callback):
         per_class: bool = True,
         num_extremes: int = 8,
         every_n_epochs: int = 1,
-        stages: list[str] | None = None,
+        stages: list[Literal["val", "test"]] | None = None,
         wandb_table_max_rows: int = 20_000,
     ) -> None:
         super().__init__()
@@ -168,10 +169,9 @@ class LossHistogram(Callback):
     def _start(self, trainer: Trainer, stage: str, loaders) -> None:
         self._batches = []
         fitting = trainer.state.fn == TrainerFn.FITTING
-        epoch_due = (trainer.current_epoch + 1) % self.every_n_epochs == 0 or (
-            trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        self._active = (
+            stage in self.stages and not trainer.sanity_checking and (not fitting or due(trainer, self.every_n_epochs))
         )
-        self._active = stage in self.stages and not trainer.sanity_checking and (not fitting or epoch_due)
         if self._active:
             loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
             self._order = loader_order(loader, "LossHistogram")
@@ -336,16 +336,16 @@ def _histograms(callback: LossHistogram, split: SplitScores, thresholds, metrics
 
     plt = pyplot()
     names = list(split.scores)
-    figure, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 3.8), squeeze=False)
+    by_class = not anomaly_split and callback.per_class
+    # Ten overlaid class histograms are unreadable: per class, a box per class beside the histogram of all.
+    cols = 2 if by_class else 1
+    figure, axes = plt.subplots(len(names), cols, figsize=(5.4 * cols, 3.8 * len(names)), squeeze=False)
     if anomaly_split:
         groups = [("normal", ~split.is_anomaly, "tab:blue"), ("anomalous", split.is_anomaly, "tab:red")]
-    elif callback.per_class:
-        cmap = plt.get_cmap("tab10" if len(split.label.unique()) <= 10 else "tab20")
-        groups = [(name_of(int(c)), split.label == c, cmap(int(c) % cmap.N)) for c in split.label.unique()]
     else:
         groups = [("all", torch.ones_like(split.is_anomaly), "tab:blue")]
-    for axis, name in zip(axes[0], names, strict=True):
-        values = split.scores[name]
+    for row, name in enumerate(names):
+        axis, values = axes[row, 0], split.scores[name]
         positive = bool((values > 0).all())
         wide = positive and float(values.max()) > 100 * float(values.min())
         log_x = positive and (wide if callback.log_x is None else callback.log_x)
@@ -380,9 +380,25 @@ def _histograms(callback: LossHistogram, split: SplitScores, thresholds, metrics
         axis.set_xlabel(f"{name} per sample" + (" (log)" if log_x else ""))
         axis.set_ylabel("share of samples")
         axis.set_title("\n".join(lines), fontsize=9)
-        axis.legend(fontsize=7, ncol=2 if len(groups) > 4 else 1, loc="best")
+        axis.legend(fontsize=7, loc="best")
+        if by_class:
+            _class_boxes(axes[row, 1], values, split.label, name, name_of, log_x)
     figure.tight_layout()
     return figure
+
+
+def _class_boxes(axis, values: torch.Tensor, labels: torch.Tensor, name: str, name_of, log: bool) -> None:
+    """One box per class (quartiles, whiskers at the 5th and 95th percentiles, median line), so
+    the hard classes stand out."""
+    classes = labels.unique().tolist()
+    data = [values[labels == c].numpy() for c in classes]
+    axis.boxplot(data, whis=(5, 95), showfliers=False, widths=0.6, medianprops={"color": "black"})
+    axis.set_xticks(range(1, len(classes) + 1), [name_of(int(c)) for c in classes], fontsize=8)
+    axis.set_xlabel("class")
+    if log:
+        axis.set_yscale("log")
+    axis.set_ylabel(f"{name} per sample")
+    axis.set_title("per class: quartiles, whiskers at 5th/95th percentile", fontsize=9)
 
 
 def _extremes(images: torch.Tensor, split: SplitScores, picks: torch.Tensor, score: str, name_of, k: int):

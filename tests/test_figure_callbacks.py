@@ -241,3 +241,43 @@ def test_figures_are_written_without_a_collective_call(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer.strategy, "barrier", collective)
     path = media.log_image(trainer, "grid", torch.rand(1, 4, 4))
     assert path == tmp_path / "figures" / "grid" / "epoch000.png"
+
+
+def test_every_callback_is_configurable_from_yaml(tmp_path, monkeypatch):
+    import sys
+
+    from conftest import ROOT
+
+    from cnnlab.cli import CnnlabCLI
+
+    (tmp_path / "figures.yaml").write_text(
+        """
+trainer:
+  callbacks:
+    - class_path: callbacks.LatentSpaceScatter
+      init_args: {num_samples: 500, projection: tsne, every_n_epochs: 5}
+    - class_path: callbacks.LatentInterpolationGIF
+      init_args: {pairs: [[3, 8]], methods: [slerp], steps: 20}
+    - class_path: callbacks.LossHistogram
+      init_args: {percentile: 99, log_y: true, stages: [test]}
+    - class_path: callbacks.FilterAndFeatureMaps
+      init_args: {kernel_size: 3, conv_settings: [[1, 1], [2, 0]]}
+"""
+    )
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    cli = CnnlabCLI(
+        args=[
+            f"--config={ROOT / 'configs' / 'mnist_classifier.yaml'}",
+            f"--config={tmp_path / 'figures.yaml'}",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        ],
+        run=False,
+    )
+    scatter = callback(cli.trainer, LatentSpaceScatter)
+    assert (scatter.num_samples, scatter.projection, scatter.every_n_epochs) == (500, "tsne", 5)
+    gif = callback(cli.trainer, LatentInterpolationGIF)
+    assert gif.pairs == [(3, 8)] and gif.methods == ["slerp"] and gif.steps == 20
+    histogram = callback(cli.trainer, LossHistogram)
+    assert histogram.percentile == 99 and histogram.log_y and histogram.stages == ["test"]
+    assert callback(cli.trainer, FilterAndFeatureMaps).conv_settings == [(1, 1), (2, 0)]
