@@ -201,12 +201,9 @@ def test_bad_settings_are_explained():
         LossHistogram(percentile=100)
 
 
-def test_tensorboard_and_wandb_offline_receive_every_figure(mnist_root, tmp_path, monkeypatch):
-    import wandb
+def test_tensorboard_and_wandb_offline_receive_every_figure(mnist_root, tmp_path, fresh_wandb):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    wandb.finish()  # an earlier in-process run would otherwise receive this one's media
     tensorboard = TensorBoardLogger(tmp_path / "tb", name="", version="")
     wandb_logger = WandbLogger(save_dir=str(tmp_path), offline=True)
     fit_and_test(mnist_root, tmp_path, [tensorboard, wandb_logger], epochs=1)
