@@ -12,11 +12,21 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+
+def log_dir(trainer: Trainer) -> Path:
+    """Where `trainer.log_dir` points, without its broadcast: that property is a collective under
+    DDP, so rank zero calling it alone would wait forever for the other ranks."""
+    path = None
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        path = logger.log_dir if isinstance(logger, TensorBoardLogger | CSVLogger) else logger.save_dir
+    return Path(path or trainer.default_root_dir)
 
 
 def figures_dir(trainer: Trainer) -> Path:
-    path = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
+    path = log_dir(trainer) / "figures"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

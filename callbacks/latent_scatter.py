@@ -1,0 +1,127 @@
+"""LatentSpaceScatter: a fixed labelled subset encoded and drawn in 2-D, coloured by class, once
+before training and every n epochs, so "before" is visible next to "after"."""
+
+from typing import Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from typing_extensions import override
+
+from callbacks import media
+from callbacks.inspection import (
+    due,
+    evaluating,
+    fixed_subset,
+    fresh_start,
+    model_input,
+    pyplot,
+    require,
+    split_dataset,
+)
+from callbacks.projection import pca_2d, tsne_2d
+from cnnlab.errors import CnnlabError
+
+
+class LatentSpaceScatter(Callback):
+    """Encode a fixed subset of the validation split with `encode(x)` and draw it in 2-D.
+
+    latent_dim 2 is drawn as it is; larger codes are projected by PCA (default) or t-SNE.
+    During `test` the test split is drawn once.
+
+    Args:
+        num_samples: Size of the subset (classes taken in turn, chosen once from `seed`).
+        every_n_epochs: Draw after every n-th training epoch (and after the last).
+        projection: 'pca' (an SVD: milliseconds) or 'tsne' (exact t-SNE in torch: seconds for
+            a thousand points, O(num_samples^2)).
+        perplexity: t-SNE's effective number of neighbours.
+        seed: Chooses the subset and t-SNE's start.
+        batch_size: Images encoded at once.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        every_n_epochs: int = 1,
+        projection: Literal["pca", "tsne"] = "pca",
+        perplexity: float = 30.0,
+        seed: int = 0,
+        batch_size: int = 500,
+    ) -> None:
+        super().__init__()
+        if num_samples < 2 or every_n_epochs < 1 or batch_size < 1:
+            raise CnnlabError(
+                f"LatentSpaceScatter got num_samples={num_samples}, every_n_epochs={every_n_epochs}, "
+                f"batch_size={batch_size}; expected num_samples >= 2 and the others >= 1."
+            )
+        if projection not in ("pca", "tsne"):
+            raise CnnlabError(f"LatentSpaceScatter projection must be 'pca' or 'tsne', got '{projection}'.")
+        self.num_samples, self.every_n_epochs, self.projection = num_samples, every_n_epochs, projection
+        self.perplexity, self.seed, self.batch_size = perplexity, seed, batch_size
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        require(pl_module, ["encode"], "LatentSpaceScatter", "a model with a latent space")
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if fresh_start(trainer) and trainer.is_global_zero:
+            self.draw(trainer, pl_module, "val", tag="before-training", title="before training")
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if due(trainer, self.every_n_epochs) and trainer.is_global_zero:
+            self.draw(trainer, pl_module, "val", tag=None, title=f"after epoch {trainer.current_epoch + 1}")
+
+    @override
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.draw(trainer, pl_module, "test", tag="test", title="test split")
+
+    def codes(self, trainer: Trainer, pl_module: LightningModule, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The subset's latent codes [N, D] (float32, CPU) and labels [N]."""
+        dataset = split_dataset(trainer, split)
+        index = fixed_subset(dataset.labels, self.num_samples, self.seed)
+        codes = []
+        with evaluating(trainer, pl_module):
+            for chunk in index.split(self.batch_size):
+                x = model_input(trainer, pl_module, dataset.images[chunk])
+                codes.append(pl_module.encode(x).float().flatten(1).cpu())
+        return torch.cat(codes), dataset.labels[index]
+
+    def draw(self, trainer: Trainer, pl_module: LightningModule, split: str, tag: str | None, title: str) -> None:
+        codes, labels = self.codes(trainer, pl_module, split)
+        dim = codes.shape[1]
+        if dim <= 2:
+            points = torch.cat([codes, torch.zeros(len(codes), 2 - dim)], dim=1)
+            axes = ("z1", "z2" if dim == 2 else "")
+            how = f"latent_dim {dim}, drawn directly"
+        elif self.projection == "pca":
+            points, share = pca_2d(codes)
+            axes = (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%})")
+            how = f"PCA of {dim}-D codes"
+        else:
+            points = tsne_2d(codes, self.perplexity, seed=self.seed)
+            axes = ("t-SNE 1", "t-SNE 2")
+            how = f"t-SNE of {dim}-D codes, perplexity {self.perplexity:g}"
+        class_names = [str(c) for c in getattr(trainer.datamodule, "class_names", ())]
+        figure = scatter_figure(points, labels, class_names, axes, f"{split}: {how}, {title}")
+        media.log_figure(trainer, "latent/scatter", figure, tag=tag)
+
+
+def scatter_figure(points: torch.Tensor, labels: torch.Tensor, class_names: list[str], axes, title: str):
+    plt = pyplot()
+    classes = labels.unique().tolist()
+    cmap = plt.get_cmap("tab10" if max(classes) < 10 else "tab20")
+    figure, axis = plt.subplots(figsize=(5.6, 4.6))
+    # One scatter call in the subset's interleaved order, so no class is painted over the others.
+    colours = [cmap(c % cmap.N) for c in labels.tolist()]
+    axis.scatter(points[:, 0], points[:, 1], c=colours, s=7, alpha=0.8, linewidths=0)
+    for c in classes:
+        name = class_names[c] if c < len(class_names) else str(c)
+        axis.scatter([], [], color=cmap(c % cmap.N), s=20, label=name)
+    axis.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8, title="class")
+    axis.set_xlabel(axes[0])
+    axis.set_ylabel(axes[1])
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,416 @@
+"""LossHistogram: the per-sample anomaly scores of a whole validation or test split, gathered
+across ranks with every sample exactly once: histograms of normal vs anomalous samples, a
+threshold from the normal validation scores, AUROC/AUPRC and precision/recall/F1 at the
+threshold, the most typical and most anomalous samples, and a per-sample CSV.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from typing_extensions import override
+
+from callbacks import media
+from callbacks.inspection import display, due, evaluating, model_input, pyplot, split_dataset
+from callbacks.mosaic import Mosaic, colorize
+from cnnlab.errors import CnnlabError
+
+
+@dataclass
+class SplitScores:
+    """One split's scores in dataset order, each sample once."""
+
+    index: torch.Tensor  # [N] position in the split
+    label: torch.Tensor  # [N]
+    scores: dict[str, torch.Tensor]  # name -> [N] float32
+    is_anomaly: torch.Tensor  # [N] bool
+
+
+def scores_of(pl_module: LightningModule, batch) -> dict[str, torch.Tensor]:
+    """The module's anomaly scores of a batch: `anomaly_scores` where it has it, else its
+    `per_sample_loss` as the one score 'loss'. Each [B] float32, higher = more anomalous."""
+    if callable(getattr(pl_module, "anomaly_scores", None)):
+        scores = pl_module.anomaly_scores(batch)
+    else:
+        scores = {"loss": pl_module.per_sample_loss(batch)}
+    return {name: value.detach().float().flatten() for name, value in scores.items()}
+
+
+def gather_ragged(trainer: Trainer, tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a [n_r, ...] tensor of every rank, in rank order; n_r may differ by rank
+    (padded to the largest for all_gather, then trimmed)."""
+    if trainer.world_size == 1:
+        return tensor
+    counts = trainer.strategy.all_gather(torch.tensor([len(tensor)], device=tensor.device)).flatten()
+    padded = tensor.new_zeros((int(counts.max()), *tensor.shape[1:]))
+    padded[: len(tensor)] = tensor
+    gathered = trainer.strategy.all_gather(padded)
+    return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
+
+
+def in_dataset_order(index: torch.Tensor, label: torch.Tensor, values: torch.Tensor):
+    """Rows of every rank sorted by dataset index, each index once (a padding sampler repeats
+    some samples to even out the ranks; those repeats must not count twice)."""
+    order = torch.argsort(index, stable=True)
+    index, label, values = index[order], label[order], values[order]
+    first = torch.ones(len(index), dtype=torch.bool)
+    first[1:] = index[1:] != index[:-1]
+    return index[first], label[first], values[first]
+
+
+def loader_order(loader: DataLoader, who: str) -> list[int]:
+    """The dataset indices this rank's loader yields, in order (an unshuffled sampler only)."""
+    sampler = loader.sampler
+    if isinstance(sampler, RandomSampler) or (isinstance(sampler, DistributedSampler) and sampler.shuffle):
+        raise CnnlabError(
+            f"{who} needs validation and test loaders that do not shuffle (it matches each score to its "
+            "sample by position), but this loader's sampler shuffles. Build evaluation loaders with "
+            "shuffle=False, as cnnlab's DataModules do."
+        )
+    if loader.batch_sampler is not None:
+        return [int(i) for batch in loader.batch_sampler for i in batch]
+    return [int(i) for i in sampler]
+
+
+def binary_report(scores: torch.Tensor, is_anomaly: torch.Tensor, threshold: float | None) -> dict[str, float]:
+    """AUROC, AUPRC (average precision) and precision/recall/F1 of 'score > threshold', anomalies
+    as the positive class. Empty when the split has only one kind of sample."""
+    from torchmetrics.functional.classification import (
+        binary_auroc,
+        binary_average_precision,
+        binary_f1_score,
+        binary_precision,
+        binary_recall,
+    )
+
+    target = is_anomaly.long()
+    if target.min() == target.max():
+        return {}
+    # torchmetrics reads scores outside [0, 1] as logits and applies a sigmoid, which rounds large
+    # losses to 1.0 in float32 and creates false ties; a min-max map in float64 keeps every order.
+    s = scores.double()
+    ranked = (s - s.min()) / (s.max() - s.min()).clamp_min(1e-300)
+    report = {"auroc": float(binary_auroc(ranked, target)), "auprc": float(binary_average_precision(ranked, target))}
+    if threshold is not None:
+        flagged = (scores > threshold).long()
+        report |= {
+            "precision": float(binary_precision(flagged, target)),
+            "recall": float(binary_recall(flagged, target)),
+            "f1": float(binary_f1_score(flagged, target)),
+        }
+    return report
+
+
+class LossHistogram(Callback):
+    """Per-sample anomaly scores of whole splits at validation and test end.
+
+    The module's `anomaly_scores(batch)` (every score it offers) or `per_sample_loss(batch)`
+    (the score 'loss') is evaluated once more on each validation/test batch. At the end of the
+    split the scores of all ranks are gathered and put in dataset order, each sample once.
+
+    With `data.normal_classes` set, samples of other classes are anomalies: the threshold is the
+    `percentile` of the normal validation scores (at test, the validation split is scored with
+    the tested weights first), and per score `<stage>/<score>_auroc`, `_auprc`, `_threshold`,
+    `_precision`, `_recall`, `_f1` are logged (so they reach summary.json). Without normal
+    classes the histogram is drawn per class (or all together) and no AUROC is computed.
+
+    Args:
+        percentile: Threshold = this percentile of the normal validation scores.
+        score: The score that picks the most typical/anomalous samples and the 'flagged' column.
+        bins: Histogram bins (shared by all groups of one score).
+        log_x: Log-spaced bins and a log x axis; None decides per score: log where all scores are
+            positive and span more than two decades (a classifier's cross-entropy does).
+        log_y: Log count axis, so a few outliers stay visible next to the bulk.
+        per_class: Without normal classes, one histogram per class instead of one for all.
+        num_extremes: How many most typical and most anomalous samples to show.
+        every_n_epochs: During fit, report every n-th validation epoch (and the last).
+        stages: Which of 'val' and 'test' to report.
+        wandb_table_max_rows: Longest split sent to W&B as a table (the CSV always has every row).
+    """
+
+    def __init__(
+        self,
+        percentile: float = 95.0,
+        score: str = "loss",
+        bins: int = 60,
+        log_x: bool | None = None,
+        log_y: bool = False,
+        per_class: bool = True,
+        num_extremes: int = 8,
+        every_n_epochs: int = 1,
+        stages: list[Literal["val", "test"]] | None = None,
+        wandb_table_max_rows: int = 20_000,
+    ) -> None:
+        super().__init__()
+        stages = ["val", "test"] if stages is None else list(stages)
+        if not 0 < percentile < 100:
+            raise CnnlabError(f"LossHistogram percentile must lie between 0 and 100 (e.g. 95), got {percentile}.")
+        if bins < 1 or num_extremes < 0 or every_n_epochs < 1 or not set(stages) <= {"val", "test"}:
+            raise CnnlabError(
+                f"LossHistogram got bins={bins}, num_extremes={num_extremes}, every_n_epochs={every_n_epochs}, "
+                f"stages={stages}; expected bins >= 1, num_extremes >= 0, every_n_epochs >= 1 and stages "
+                "from ['val', 'test']."
+            )
+        self.percentile, self.score, self.bins = percentile, score, bins
+        self.log_x, self.log_y, self.per_class = log_x, log_y, per_class
+        self.num_extremes, self.every_n_epochs, self.stages = num_extremes, every_n_epochs, stages
+        self.wandb_table_max_rows = wandb_table_max_rows
+        self._active = False
+        self._order: list[int] = []
+        self._batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        self._said_no_split = False
+
+    # -- collecting ------------------------------------------------------------------------------
+
+    def _start(self, trainer: Trainer, stage: str, loaders) -> None:
+        self._batches = []
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        self._active = (
+            stage in self.stages and not trainer.sanity_checking and (not fitting or due(trainer, self.every_n_epochs))
+        )
+        if self._active:
+            loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+            self._order = loader_order(loader, "LossHistogram")
+
+    def _collect(self, trainer: Trainer, pl_module: LightningModule, batch, dataloader_idx: int) -> None:
+        if self._active and dataloader_idx == 0:
+            with evaluating(trainer, pl_module):
+                scores = scores_of(pl_module, batch)
+            self._batches.append((batch[1].detach(), scores))
+
+    @override
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(trainer, "val", trainer.val_dataloaders)
+
+    @override
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(trainer, "test", trainer.test_dataloaders)
+
+    @override
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        self._collect(trainer, pl_module, batch, dataloader_idx)
+
+    @override
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        self._collect(trainer, pl_module, batch, dataloader_idx)
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._active:
+            self._report(trainer, pl_module, "val", self._gather(trainer, pl_module))
+
+    @override
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._active:
+            self._report(trainer, pl_module, "test", self._gather(trainer, pl_module))
+
+    def _gather(self, trainer: Trainer, pl_module: LightningModule) -> SplitScores:
+        """This rank's batches -> every rank's samples in dataset order, duplicates dropped."""
+        batches, self._batches, self._active = self._batches, [], False
+        names = sorted(batches[0][1]) if batches else []
+        if trainer.world_size > 1:  # every rank must agree on the names, or all_gather would hang
+            names = trainer.strategy.broadcast(names, src=0)
+        for _, scores in batches:
+            if sorted(scores) != names:
+                raise CnnlabError(
+                    f"LossHistogram: {type(pl_module).__name__}.anomaly_scores returned the scores "
+                    f"{sorted(scores)} for one batch and {names} for another; it must return the same names "
+                    "for every batch."
+                )
+        device = pl_module.device
+        if batches:
+            labels = torch.cat([label.to(device) for label, _ in batches])
+            values = torch.stack([torch.cat([s[n].to(device) for _, s in batches]) for n in names], dim=1)
+        else:
+            labels, values = torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, len(names), device=device)
+        # The loader's own order says which sample each score belongs to; a shortened epoch
+        # (limit_*_batches) covers a prefix of it.
+        index = torch.tensor(self._order[: len(labels)], dtype=torch.long, device=device)
+        meta = gather_ragged(trainer, torch.stack([index, labels.long()], dim=1)).cpu()
+        values = gather_ragged(trainer, values.float()).cpu()
+        index, label, values = in_dataset_order(meta[:, 0], meta[:, 1], values)
+        return SplitScores(
+            index=index,
+            label=label,
+            scores={name: values[:, k] for k, name in enumerate(names)},
+            is_anomaly=trainer.datamodule.is_anomaly(label).cpu(),
+        )
+
+    def _validation_scores(self, trainer: Trainer, pl_module: LightningModule) -> SplitScores:
+        """Score the validation split with the weights under test (the threshold comes from it)."""
+        datamodule = trainer.datamodule
+        if "val" not in datamodule.splits:  # a `test` run loads only the test split
+            datamodule.setup("validate")
+        loader = datamodule.val_dataloader()
+        self._order, self._batches = loader_order(loader, "LossHistogram"), []
+        for batch in loader:
+            batch = trainer.strategy.batch_to_device(batch)
+            with evaluating(trainer, pl_module):
+                self._batches.append((batch[1].detach(), scores_of(pl_module, batch)))
+        return self._gather(trainer, pl_module)
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def _report(self, trainer: Trainer, pl_module: LightningModule, stage: str, split: SplitScores) -> None:
+        if not split.scores:
+            return
+        if self.score not in split.scores:
+            raise CnnlabError(
+                f"LossHistogram.score is '{self.score}', but {type(pl_module).__name__} offers the scores "
+                f"{sorted(split.scores)}. Set score to one of them."
+            )
+        anomaly_split = getattr(trainer.datamodule, "normal_classes", None) is not None
+        thresholds: dict[str, float] = {}
+        metrics: dict[str, float] = {}
+        if anomaly_split:
+            val = split if stage == "val" else self._validation_scores(trainer, pl_module)
+            for name, values in val.scores.items():
+                normal = values[~val.is_anomaly]
+                if len(normal):
+                    thresholds[name] = float(torch.quantile(normal.double(), self.percentile / 100))
+            for name, values in split.scores.items():
+                report = binary_report(values, split.is_anomaly, thresholds.get(name))
+                if name in thresholds:
+                    report["threshold"] = thresholds[name]
+                metrics |= {f"{stage}/{name}_{key}": value for key, value in report.items()}
+        elif not self._said_no_split:
+            self._said_no_split = True
+            rank_zero_info(
+                "LossHistogram: data.normal_classes is not set, so no sample counts as anomalous: drawing the "
+                "per-sample loss distribution without a threshold or AUROC. Set data.normal_classes for an "
+                "anomaly report."
+            )
+        # Every rank holds the same gathered scores and logs the same value; 'max' keeps it exact
+        # where Lightning syncs (a mean of equal floats may round), and no rank is left out.
+        for name, value in metrics.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+        if trainer.is_global_zero:
+            self._draw(trainer, stage, split, thresholds, metrics, anomaly_split)
+
+    def _draw(self, trainer: Trainer, stage: str, split: SplitScores, thresholds, metrics, anomaly_split) -> None:
+        class_names = [str(c) for c in getattr(trainer.datamodule, "class_names", ())]
+        name_of = lambda c: class_names[c] if 0 <= c < len(class_names) else str(c)  # noqa: E731
+        figure = _histograms(self, split, thresholds, metrics, stage, anomaly_split, name_of)
+        media.log_figure(trainer, f"{stage}/loss_histogram", figure)
+        values = split.scores[self.score]
+        k = min(self.num_extremes, len(values))
+        if k:
+            picks = torch.cat([values.argsort()[:k], values.argsort(descending=True)[:k]])
+            dataset = split_dataset(trainer, stage)
+            images = torch.stack([dataset[i][0] for i in split.index[picks].tolist()])
+            shown = display(trainer, model_input(trainer, trainer.lightning_module, images))
+            media.log_figure(trainer, f"{stage}/extremes", _extremes(shown, split, picks, self.score, name_of, k))
+        columns = ["index", "label", *split.scores, "is_anomaly"]
+        extra = []
+        if self.score in thresholds:  # what the threshold decides for each sample
+            columns.append("flagged")
+            extra = [(values > thresholds[self.score]).tolist()]
+        table = [split.index.tolist(), split.label.tolist(), *(v.tolist() for v in split.scores.values())]
+        table += [split.is_anomaly.tolist(), *extra]
+        rows = [list(row) for row in zip(*table, strict=True)]
+        to_wandb = stage == "test" and len(rows) <= self.wandb_table_max_rows
+        media.log_table(trainer, f"{stage}/per_sample_scores", columns, rows, to_wandb=to_wandb)
+
+
+# -- figures (matplotlib imported here, not at start-up) ----------------------------------------
+
+
+def _bin_edges(values: torch.Tensor, bins: int, log: bool):
+    import numpy as np
+
+    low, high = float(values.min()), float(values.max())
+    if log:
+        low, high = np.log10(low), np.log10(high)
+    if high - low < 1e-12:
+        low, high = low - 0.5, high + 0.5
+    edges = np.linspace(low, high, bins + 1)
+    return 10**edges if log else edges
+
+
+def _histograms(callback: LossHistogram, split: SplitScores, thresholds, metrics, stage, anomaly_split, name_of):
+    import numpy as np
+
+    plt = pyplot()
+    names = list(split.scores)
+    by_class = not anomaly_split and callback.per_class
+    # Ten overlaid class histograms are unreadable: per class, a box per class beside the histogram of all.
+    cols = 2 if by_class else 1
+    figure, axes = plt.subplots(len(names), cols, figsize=(5.4 * cols, 3.8 * len(names)), squeeze=False)
+    if anomaly_split:
+        groups = [("normal", ~split.is_anomaly, "tab:blue"), ("anomalous", split.is_anomaly, "tab:red")]
+    else:
+        groups = [("all", torch.ones_like(split.is_anomaly), "tab:blue")]
+    for row, name in enumerate(names):
+        axis, values = axes[row, 0], split.scores[name]
+        positive = bool((values > 0).all())
+        wide = positive and float(values.max()) > 100 * float(values.min())
+        log_x = positive and (wide if callback.log_x is None else callback.log_x)
+        edges = _bin_edges(values, callback.bins, log_x)
+        for label, mask, colour in groups:
+            group = values[mask].numpy()
+            if len(group) == 0:
+                continue
+            counts, _ = np.histogram(group, bins=edges)
+            share = counts / len(group)  # share of the group, so groups of any size compare
+            if not callback.log_y:  # a filled area down to zero has no place on a log axis
+                axis.stairs(share, edges, fill=True, alpha=0.2, color=colour)
+            axis.stairs(share, edges, color=colour, label=f"{label} ({len(group)})")
+        if name in thresholds:
+            axis.axvline(
+                thresholds[name],
+                color="black",
+                linestyle="--",
+                label=f"threshold {thresholds[name]:.3g}\n({callback.percentile:g}th pct of normal val)",
+            )
+        lines = [f"{stage}: {name} of {len(values)} samples"]
+        if f"{stage}/{name}_auroc" in metrics:
+            auroc, auprc = metrics[f"{stage}/{name}_auroc"], metrics[f"{stage}/{name}_auprc"]
+            lines.append(f"AUROC {auroc:.3f}, AUPRC {auprc:.3f}")
+        if f"{stage}/{name}_f1" in metrics:
+            p, r, f1 = (metrics[f"{stage}/{name}_{k}"] for k in ("precision", "recall", "f1"))
+            lines[-1] += f"; at threshold P {p:.2f} R {r:.2f} F1 {f1:.2f}"
+        if log_x:
+            axis.set_xscale("log")
+        if callback.log_y:
+            axis.set_yscale("log")
+        axis.set_xlabel(f"{name} per sample" + (" (log)" if log_x else ""))
+        axis.set_ylabel("share of samples")
+        axis.set_title("\n".join(lines), fontsize=9)
+        axis.legend(fontsize=7, loc="best")
+        if by_class:
+            _class_boxes(axes[row, 1], values, split.label, name, name_of, log_x)
+    figure.tight_layout()
+    return figure
+
+
+def _class_boxes(axis, values: torch.Tensor, labels: torch.Tensor, name: str, name_of, log: bool) -> None:
+    """One box per class (quartiles, whiskers at the 5th and 95th percentiles, median line), so
+    the hard classes stand out."""
+    classes = labels.unique().tolist()
+    data = [values[labels == c].numpy() for c in classes]
+    axis.boxplot(data, whis=(5, 95), showfliers=False, widths=0.6, medianprops={"color": "black"})
+    axis.set_xticks(range(1, len(classes) + 1), [name_of(int(c)) for c in classes], fontsize=8)
+    axis.set_xlabel("class")
+    if log:
+        axis.set_yscale("log")
+    axis.set_ylabel(f"{name} per sample")
+    axis.set_title("per class: quartiles, whiskers at 5th/95th percentile", fontsize=9)
+
+
+def _extremes(images: torch.Tensor, split: SplitScores, picks: torch.Tensor, score: str, name_of, k: int):
+    """Two rows: the k lowest and the k highest scores; true anomalies framed in red."""
+    _, _, h, w = images.shape
+    mosaic = Mosaic(2, k, h, w, pad=6)
+    for n, pick in enumerate(picks.tolist()):
+        row, col = divmod(n, k)
+        title = f"{name_of(int(split.label[pick]))}: {float(split.scores[score][pick]):.3g}"
+        mosaic.put(row, col, colorize(images[n]), title)
+        if bool(split.is_anomaly[pick]):
+            mosaic.frame(row, col, (0.85, 0.1, 0.1), width=3)
+    mosaic.row_label(0, "most typical")
+    mosaic.row_label(1, "most anomalous")
+    return mosaic.figure(f"lowest and highest {score} (class: score; red frame: anomalous class)", inches_per_cell=1.1)

@@ -1,0 +1,188 @@
+"""LossHistogram: AUROC and threshold metrics are right, every sample counts exactly once (also
+under two-process DDP through train.py), and the report reaches metrics, CSV and summary.json."""
+
+import csv
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from conftest import MNIST_TEST, ROOT
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger
+from tiny_autoencoder import TinyAutoEncoder
+
+from callbacks import LossHistogram
+from callbacks.loss_histogram import binary_report, in_dataset_order
+from datamodules import MNISTDataModule
+
+NORMAL = [0, 1, 2, 3, 4]
+
+
+def test_auroc_of_perfectly_separated_scores_is_one_even_for_large_losses():
+    # losses in the hundreds: a sigmoid (what torchmetrics applies to values outside [0, 1])
+    # would round them all to 1.0 and call it a tie
+    normal = torch.linspace(100, 200, 50)
+    anomalous = torch.linspace(201, 300, 50)
+    report = binary_report(torch.cat([normal, anomalous]), torch.arange(100) >= 50, threshold=200.5)
+    assert report["auroc"] == 1.0 and report["auprc"] == 1.0
+    assert report["precision"] == report["recall"] == report["f1"] == 1.0
+
+
+def test_auroc_of_identical_distributions_is_about_one_half():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(4000, generator=g)
+    is_anomaly = torch.rand(4000, generator=g) < 0.5
+    report = binary_report(scores, is_anomaly, threshold=None)
+    assert report["auroc"] == pytest.approx(0.5, abs=0.03)
+    assert report["auprc"] == pytest.approx(float(is_anomaly.float().mean()), abs=0.03)
+
+
+def test_threshold_metrics_count_the_flagged_samples():
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.9, 0.8, 0.25])
+    is_anomaly = torch.tensor([False, False, False, True, True, True])
+    report = binary_report(scores, is_anomaly, threshold=0.22)
+    # flagged: 0.3 (normal), 0.9, 0.8, 0.25 -> tp 3, fp 1, fn 0
+    assert report["precision"] == pytest.approx(3 / 4) and report["recall"] == 1.0
+    assert report["f1"] == pytest.approx(2 * 0.75 / 1.75)
+
+
+def test_a_split_without_anomalies_gets_no_auroc():
+    assert binary_report(torch.rand(10), torch.zeros(10, dtype=torch.bool), threshold=0.5) == {}
+
+
+def test_padding_duplicates_are_counted_once_in_dataset_order():
+    # two ranks of a padding DistributedSampler over 5 samples: rank 0 [0, 2, 4], rank 1 [1, 3, 0]
+    index = torch.tensor([0, 2, 4, 1, 3, 0])
+    values = index.float().unsqueeze(1) * 10
+    ordered, labels, scores = in_dataset_order(index, index % 2, values)
+    assert ordered.tolist() == [0, 1, 2, 3, 4]
+    assert scores[:, 0].tolist() == [0, 10, 20, 30, 40] and labels.tolist() == [0, 1, 0, 1, 0]
+
+
+@pytest.fixture(scope="module")
+def anomaly_run(mnist_root, tmp_path_factory):
+    """A tiny autoencoder trained on digits 0-4 only, then tested on all ten."""
+    out = tmp_path_factory.mktemp("anomaly_run")
+    torch.manual_seed(0)
+    dm = MNISTDataModule(data_dir=str(mnist_root), val_size=200, batch_size=50, normal_classes=NORMAL)
+    model = TinyAutoEncoder()
+    trainer = Trainer(
+        max_epochs=3,
+        logger=CSVLogger(out, name="", version=""),
+        default_root_dir=out,
+        callbacks=[LossHistogram(percentile=90, num_extremes=4)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(model, dm)
+    trainer.test(model, dm, verbose=False)
+    return types.SimpleNamespace(trainer=trainer, model=model, dm=dm, figures=out / "figures")
+
+
+def read_rows(path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_anomaly_report_logs_every_score_of_the_module(anomaly_run):
+    metrics = anomaly_run.trainer.callback_metrics
+    for score in ("loss", "latent_norm"):  # what TinyAutoEncoder.anomaly_scores offers
+        for name in ("auroc", "auprc", "threshold", "precision", "recall", "f1"):
+            assert f"test/{score}_{name}" in metrics, (score, name)
+    # the autoencoder never saw 5-9: its reconstruction error gives them away
+    assert metrics["test/loss_auroc"] > 0.9
+
+
+def test_threshold_is_the_percentile_of_the_normal_validation_scores(anomaly_run):
+    dm, model = anomaly_run.dm, anomaly_run.model.eval()
+    val = dm.splits["val"]
+    with torch.inference_mode():
+        losses = model.per_sample_loss((dm.transform(val.images, train=False), val.labels))
+    assert set(val.labels.tolist()) <= set(NORMAL)
+    expected = torch.quantile(losses.double(), 0.90).item()
+    assert anomaly_run.trainer.callback_metrics["test/loss_threshold"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_per_sample_csv_has_every_test_sample_once_with_its_score(anomaly_run):
+    rows = read_rows(next((anomaly_run.figures / "test_per_sample_scores").glob("*.csv")))
+    assert [int(r["index"]) for r in rows] == list(range(MNIST_TEST))
+    test = anomaly_run.dm.splits["test"]
+    with torch.inference_mode():
+        losses = anomaly_run.model.eval().per_sample_loss((anomaly_run.dm.transform(test.images, False), test.labels))
+    assert torch.allclose(torch.tensor([float(r["loss"]) for r in rows]), losses, atol=1e-5)
+    assert [r["is_anomaly"] == "True" for r in rows] == [label not in NORMAL for label in test.labels.tolist()]
+    # precision and recall logged at the threshold are those of the 'flagged' column
+    flagged = torch.tensor([r["flagged"] == "True" for r in rows])
+    truth = torch.tensor([r["is_anomaly"] == "True" for r in rows])
+    precision = (flagged & truth).sum() / flagged.sum()
+    metrics = anomaly_run.trainer.callback_metrics
+    assert metrics["test/loss_precision"].item() == pytest.approx(precision.item(), abs=1e-6)
+    assert metrics["test/loss_recall"].item() == pytest.approx(((flagged & truth).sum() / truth.sum()).item())
+
+
+def test_histograms_and_extremes_are_drawn_for_validation_and_test(anomaly_run):
+    for key in ("val_loss_histogram", "val_extremes", "test_loss_histogram", "test_extremes"):
+        assert list((anomaly_run.figures / key).glob("*.png")), key
+    # one validation report per epoch (the sanity check is skipped)
+    assert len(list((anomaly_run.figures / "val_per_sample_scores").glob("*.csv"))) == 3
+
+
+def test_without_normal_classes_the_loss_is_drawn_but_no_auroc_claimed(mnist_root, tmp_path, caplog):
+    torch.manual_seed(0)
+    dm = MNISTDataModule(data_dir=str(mnist_root), val_size=100, batch_size=50, max_train_samples=100)
+    trainer = Trainer(
+        max_epochs=1,
+        logger=False,
+        default_root_dir=tmp_path,
+        callbacks=[LossHistogram()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    with caplog.at_level("INFO"):
+        trainer.fit(TinyAutoEncoder(), dm)
+    assert not any(key.endswith("_auroc") for key in trainer.callback_metrics)
+    assert (tmp_path / "figures" / "val_loss_histogram" / "epoch000.png").is_file()
+    rows = read_rows(tmp_path / "figures" / "val_per_sample_scores" / "epoch000.csv")
+    assert len(rows) == 100 and "flagged" not in rows[0]
+    assert sum("normal_classes is not set" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.slow
+def test_ddp_report_counts_each_sample_once_and_matches_one_process(run_cli, tiny_args, tmp_path):
+    """The classifier config with its LossHistogram, tested by two CPU processes (gloo) over 99
+    test images: the odd count leaves one rank a sample short, with no padding."""
+    args = [*tiny_args, f"--data.normal_classes={NORMAL}", "--data.max_eval_samples=99"]
+    run_cli("fit", args)
+    run = next((tmp_path / "runs" / "mnist_classifier").iterdir())
+    best = json.loads((run / "summary.json").read_text())["best_checkpoint"]
+
+    ddp = ["--trainer.devices=2", "--trainer.strategy=ddp", f"--ckpt_path={best}"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "test", *args, *ddp],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    ddp_rows = read_rows(next((run / "test" / "figures" / "test_per_sample_scores").glob("*.csv")))
+    ddp_metrics = json.loads((run / "summary.json").read_text())["metrics"]
+
+    run_cli("test", [*args, f"--ckpt_path={best}"])
+    single_rows = read_rows(next((run / "test" / "figures" / "test_per_sample_scores").glob("*.csv")))
+    single_metrics = json.loads((run / "summary.json").read_text())["metrics"]
+
+    assert [int(r["index"]) for r in ddp_rows] == list(range(99))  # every sample, once, in order
+    assert [r["label"] for r in ddp_rows] == [r["label"] for r in single_rows]
+    ddp_loss = torch.tensor([float(r["loss"]) for r in ddp_rows])
+    assert torch.allclose(ddp_loss, torch.tensor([float(r["loss"]) for r in single_rows]), rtol=1e-4, atol=1e-6)
+    for name in ("auroc", "auprc", "threshold", "precision", "recall", "f1"):
+        key = f"test/loss_{name}"
+        assert ddp_metrics[key] == pytest.approx(single_metrics[key], rel=1e-5), key
