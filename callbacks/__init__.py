@@ -1,5 +1,6 @@
 """Callbacks: one per file; they talk to models only through DESIGN.md's protocol."""
 
+from callbacks.dense_prediction_grid import DensePredictionGrid
 from callbacks.filters_and_feature_maps import FilterAndFeatureMaps
 from callbacks.latent_interpolation import LatentInterpolationGIF
 from callbacks.latent_scatter import LatentSpaceScatter
@@ -11,6 +12,7 @@ from callbacks.sample_grid import SampleGrid
 from callbacks.schedule_guard import ScheduleLengthGuard
 
 __all__ = [
+    "DensePredictionGrid",
     "FilterAndFeatureMaps",
     "LatentInterpolationGIF",
     "LatentSpaceScatter",

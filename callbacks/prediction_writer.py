@@ -2,7 +2,9 @@
 
 Each rank writes its batches (with their dataset indices) as it goes; at the end rank zero merges
 them in dataset order into `predictions.pt` (every tensor) and `predictions.csv` (the per-sample
-scalars and vectors), so nothing is held in memory for the whole split during the loop.
+scalars and vectors), so nothing is held in memory for the whole split during the loop. Predicted
+segmentation masks (a `mask` [B, H, W] in the prediction) are also written one PNG per sample,
+`masks/<index>.png`, as they come.
 """
 
 import csv
@@ -12,6 +14,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from typing_extensions import override
+
+from callbacks.mask_palette import write_mask_png
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -33,6 +37,7 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             shutil.rmtree(self._parts(trainer), ignore_errors=True)
+            shutil.rmtree(self._dir(trainer) / "masks", ignore_errors=True)  # no stale masks of an earlier predict
         trainer.strategy.barrier()
         (self._parts(trainer) / f"rank{trainer.global_rank}").mkdir(parents=True, exist_ok=True)
 
@@ -45,6 +50,16 @@ class PredictionWriter(BasePredictionWriter):
         part = {key: value.detach().cpu() for key, value in prediction.items() if isinstance(value, torch.Tensor)}
         part["index"] = torch.as_tensor(batch_indices, dtype=torch.long)
         torch.save(part, self._parts(trainer) / f"rank{trainer.global_rank}" / f"{dataloader_idx}_{batch_idx:07d}.pt")
+        if "mask" in part and part["mask"].dim() == 3:
+            self._write_masks(trainer, pl_module, part["mask"], part["index"])
+
+    def _write_masks(self, trainer, pl_module, masks: torch.Tensor, index: torch.Tensor) -> None:
+        folder = self._dir(trainer) / "masks"
+        folder.mkdir(parents=True, exist_ok=True)
+        # The model's class count fixes the colours; else the largest class seen in this batch.
+        num_classes = int(getattr(pl_module, "hparams", {}).get("num_classes") or int(masks.max()) + 1)
+        for mask, i in zip(masks, index.tolist(), strict=True):
+            write_mask_png(folder / f"{i:05d}.png", mask, num_classes)
 
     @override
     def on_predict_epoch_end(self, trainer, pl_module) -> None:

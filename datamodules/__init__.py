@@ -3,5 +3,6 @@
 from datamodules.base import ImageDataModule
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.mnist import MNISTDataModule
+from datamodules.mnist_scenes import MNISTScenesDataModule
 
-__all__ = ["CIFAR10DataModule", "ImageDataModule", "MNISTDataModule"]
+__all__ = ["CIFAR10DataModule", "ImageDataModule", "MNISTDataModule", "MNISTScenesDataModule"]

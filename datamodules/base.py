@@ -13,6 +13,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.errors import CnnlabError
+from datamodules.noise import Noise, add_noise
 
 Split = Literal["train", "val", "test"]
 
@@ -35,6 +36,18 @@ class InMemoryImages(Dataset):
         return self.images[index], self.labels[index]
 
 
+class IndexedImages(InMemoryImages):
+    """A split whose batches carry dataset indices in place of labels: denoising runs, where the
+    index fixes each evaluation image's noise."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], torch.tensor(index)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return self.images[index], index
+
+
 def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """collate_fn for `InMemoryImages`: the batch is already stacked."""
     return batch
@@ -55,6 +68,11 @@ class ImageDataModule(LightningDataModule):
         max_train_samples: Cap the training images (quick runs); None keeps all.
         max_eval_samples: Cap the validation and test images each; None keeps all.
         predict_split: Which split `predict` runs over.
+        noise: Denoising runs: batches become (noisy, clean) float images in [0, 1] (needs normalize
+            false). gaussian adds N(0, noise_level**2); salt_and_pepper turns a fraction noise_level
+            of pixels black or white. Training noise comes from the model seed; validation/test/predict
+            noise is fixed per image by data_seed, so their metrics are reproducible.
+        noise_level: Std of the Gaussian noise, or fraction of salt-and-pepper pixels.
         download: Let torchvision download missing files.
         num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
     """
@@ -79,6 +97,8 @@ class ImageDataModule(LightningDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         predict_split: Split = "test",
+        noise: Noise | None = None,
+        noise_level: float = 0.3,
         download: bool = True,
         num_workers: int = 0,
     ) -> None:
@@ -97,6 +117,17 @@ class ImageDataModule(LightningDataModule):
                 f"data.normal_classes has {bad}, but {self.name} classes are 0..{self.num_classes - 1}. "
                 "List the class indices that count as normal, e.g. [0] or [1, 7]."
             )
+        if noise is not None and normalize:
+            raise CnnlabError(
+                f"data.noise is {noise} with data.normalize true. A denoising run compares images in [0, 1] "
+                "(noise, targets, PSNR), so standardised pixels would mislead its metrics. Set "
+                "data.normalize false."
+            )
+        if noise is not None and not (noise_level >= 0 and (noise != "salt_and_pepper" or noise_level <= 1)):
+            raise CnnlabError(
+                f"data.noise_level is {noise_level}; it is the Gaussian noise's std (0 or more, e.g. 0.3) or "
+                "the fraction of salt-and-pepper pixels (between 0 and 1, e.g. 0.2)."
+            )
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
@@ -108,6 +139,8 @@ class ImageDataModule(LightningDataModule):
         self.max_train_samples = max_train_samples
         self.max_eval_samples = max_eval_samples
         self.predict_split = predict_split
+        self.noise = noise
+        self.noise_level = noise_level
         self.download = download
         self.num_workers = num_workers
         self.splits: dict[str, InMemoryImages] = {}
@@ -177,9 +210,14 @@ class ImageDataModule(LightningDataModule):
         return self._loader(self.splits[self.predict_split], self.eval_batch_size)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
-        images, labels = batch
+        images, targets = batch
         training = self.trainer is not None and self.trainer.training
-        return self.transform(images, train=training), labels
+        inputs = self.transform(images, train=training)
+        if self.noise is None:
+            return inputs, targets
+        # Denoising: targets are dataset indices (IndexedImages), which fix each eval image's noise.
+        index = None if training else targets
+        return add_noise(inputs, self.noise, self.noise_level, index, seed=self.data_seed), inputs
 
     def transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 batch -> float model input: to [0, 1], augmented when `train`, normalised."""
@@ -201,6 +239,8 @@ class ImageDataModule(LightningDataModule):
         return index.sort().values
 
     def _loader(self, dataset: InMemoryImages, batch_size: int, shuffle: bool = False, drop_last: bool = False):
+        if self.noise is not None:
+            dataset = IndexedImages(dataset.images, dataset.labels)
         sampler = None
         if not shuffle and self.trainer is not None and self.trainer.world_size > 1:
             # Evaluation under DDP: each rank a strided shard, no padding. Lightning's default

@@ -114,6 +114,16 @@ def shared_mnist_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny tensors gain nothing from a second one, and on a busy
+    machine each op of a multi-threaded step can stall at the OpenMP barrier for a time slice."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_args(mnist_root, tmp_path) -> list[str]:
     """A shrunk mnist_classifier.yaml: tiny data, one epoch, CSV logger, runs under tmp_path."""
     return [

@@ -1,0 +1,181 @@
+"""Digit scenes for segmentation: exact masks, determinism from data_seed, split hygiene; and the
+noise of denoising runs: fixed per evaluation image, of the requested strength."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_idx
+
+from cnnlab.errors import CnnlabError
+from datamodules import MNISTDataModule, MNISTScenesDataModule
+from datamodules.mnist_scenes import SceneLayout, render_scenes, scale_digits
+from datamodules.noise import add_noise
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def scenes(root, **kwargs) -> MNISTScenesDataModule:
+    settings = {"val_size": 100, "train_scenes": 40, "val_scenes": 10, "test_scenes": 20, "batch_size": 8}
+    dm = MNISTScenesDataModule(data_dir=str(root), **{**settings, **kwargs})
+    dm.prepare_data()
+    return dm
+
+
+def test_mask_is_where_each_digit_reaches_the_threshold_and_the_later_digit_wins():
+    # two digits with a ramp of intensities, overlapping; a third, scaled, alone in another scene
+    ramp = torch.arange(28 * 28).view(28, 28) % 256
+    digits = torch.stack([ramp, ramp.flip(1), ramp.T.contiguous()]).to(torch.uint8)
+    labels = torch.tensor([2, 5, 9])
+    layout = SceneLayout(
+        scene=np.array([0, 0, 1]),
+        source=np.array([0, 1, 2]),
+        size=np.array([28, 28, 20]),
+        top=np.array([0, 10, 3]),
+        left=np.array([0, 6, 18]),
+    )
+    images, masks = render_scenes(digits, labels, layout, n_scenes=2, canvas=40, threshold=128)
+
+    expected_image = np.zeros((2, 40, 40), np.uint8)
+    expected_mask = np.zeros((2, 40, 40), np.uint8)
+    scaled = scale_digits(digits[torch.tensor([0, 1, 2])], layout.size)
+    for j in range(3):  # drawing order
+        s, top, left, side = layout.scene[j], layout.top[j], layout.left[j], layout.size[j]
+        for y in range(side):
+            for x in range(side):
+                value = int(scaled[j][y, x])
+                expected_image[s, top + y, left + x] = max(expected_image[s, top + y, left + x], value)
+                if value >= 128:
+                    expected_mask[s, top + y, left + x] = labels[j] + 1
+    assert np.array_equal(images, expected_image)
+    assert np.array_equal(masks, expected_mask)
+    # unscaled digits are pasted unchanged; class values are label + 1; the overlap went to the 5
+    assert np.array_equal(scaled[0], digits[0].numpy())
+    assert set(np.unique(masks[0])) == {0, 3, 6} and set(np.unique(masks[1])) == {0, 10}
+    assert masks[0, 10 + 27, 6 + 27] == 6 and masks[0, 27, 27] in (3, 6)
+
+
+def test_scene_foreground_is_exactly_the_bright_pixels(mnist_root):
+    dm = scenes(mnist_root)
+    dm.setup("fit")
+    images, masks = dm.splits["train"].images[:, 0], dm.splits["train"].labels
+    assert images.shape == (40, 64, 64) and masks.shape == (40, 64, 64) and masks.dtype == torch.uint8
+    assert torch.equal(masks > 0, images >= 128)
+    assert int(masks.max()) <= 10
+    for mask in masks:  # at most max_digits distinct digit classes in a scene, at least one
+        assert 1 <= len(mask.unique()) - 1 <= 4
+
+
+def test_scenes_are_fixed_by_data_seed(mnist_root):
+    def train_scenes(data_seed, model_seed):
+        torch.manual_seed(model_seed)  # what seed_everything does for a run
+        dm = scenes(mnist_root, data_seed=data_seed)
+        dm.setup("fit")
+        return dm.splits["train"].images, dm.splits["train"].labels
+
+    first, again, other_model_seed = train_scenes(0, 1), train_scenes(0, 1), train_scenes(0, 2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(first, other_model_seed, strict=True))
+    assert not torch.equal(first[0], train_scenes(1, 1)[0])
+
+
+def test_train_scenes_use_training_digits_and_test_scenes_test_digits(tmp_path):
+    # training digits are all 0-4 and test digits all 5-9: masks give away where a digit came from
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, classes in (("train", range(0, 5)), ("t10k", range(5, 10))):
+        images = np.zeros((300, 28, 28), np.uint8)
+        images[:, 6:22, 10:18] = rng.integers(150, 256, size=(300, 16, 8))
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.resize(np.array(list(classes)), 300))
+    dm = scenes(tmp_path)
+    dm.setup("fit")
+    dm.setup("test")
+    for split in ("train", "val"):
+        assert set(dm.splits[split].labels.unique().tolist()) == {0, 1, 2, 3, 4, 5}
+    assert set(dm.splits["test"].labels.unique().tolist()) == {0, 6, 7, 8, 9, 10}
+
+
+def test_clutter_adds_ink_but_no_labels(mnist_root):
+    plain, cluttered = scenes(mnist_root), scenes(mnist_root, clutter=3)
+    plain.setup("fit")
+    cluttered.setup("fit")
+    assert torch.equal(plain.splits["train"].labels, cluttered.splits["train"].labels)
+    extra = cluttered.splits["train"].images.int() - plain.splits["train"].images.int()
+    assert extra.min() >= 0 and extra.sum() > 0
+
+
+def test_scene_batches_are_images_and_int64_masks(mnist_root):
+    dm = scenes(mnist_root)
+    dm.setup("fit")
+    images, masks = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert images.shape == (8, 1, 64, 64) and images.dtype == torch.float32
+    assert images.min() >= 0 and images.max() <= 1
+    assert masks.shape == (8, 64, 64) and masks.dtype == torch.int64
+    assert dm.image_shape == (1, 64, 64) and dm.num_classes == 11 and dm.class_names[1] == "0"
+
+
+def test_bad_scene_settings_are_one_paragraph():
+    with pytest.raises(CnnlabError, match=r"max_scale=3\.0"):
+        MNISTScenesDataModule(max_scale=3.0)
+    with pytest.raises(CnnlabError, match="min_digits=3, max_digits=2"):
+        MNISTScenesDataModule(min_digits=3, max_digits=2)
+
+
+# -- noise of denoising runs ------------------------------------------------------------------
+
+
+def test_eval_noise_depends_on_the_image_index_not_the_batch():
+    clean = torch.full((3, 1, 28, 28), 0.5)
+    together = add_noise(clean, "gaussian", 0.2, index=torch.tensor([4, 9, 11]), seed=0)
+    alone = add_noise(clean[:1], "gaussian", 0.2, index=torch.tensor([9]), seed=0)
+    assert torch.equal(together[1], alone[0])
+    assert not torch.equal(together[0], together[1])
+    assert not torch.equal(alone, add_noise(clean[:1], "gaussian", 0.2, index=torch.tensor([9]), seed=1))
+
+
+def test_training_noise_follows_the_model_seed():
+    clean = torch.full((2, 1, 8, 8), 0.5)
+    draws = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        draws.append(add_noise(clean, "salt_and_pepper", 0.3))
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+def test_gaussian_noise_has_the_requested_std(hashed):
+    clean = torch.full((64, 1, 32, 32), 0.5)
+    index = torch.arange(64) if hashed else None
+    noise = add_noise(clean, "gaussian", 0.1, index=index) - clean
+    assert abs(noise.mean().item()) < 0.002 and noise.std().item() == pytest.approx(0.1, rel=0.02)
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+def test_salt_and_pepper_hits_the_requested_fraction_of_pixels_in_all_channels(hashed):
+    clean = torch.full((64, 3, 32, 32), 0.5)
+    index = torch.arange(64) if hashed else None
+    noisy = add_noise(clean, "salt_and_pepper", 0.2, index=index)
+    hit = noisy != 0.5
+    assert torch.equal(hit.all(1), hit.any(1))  # a hit pixel is hit in every channel
+    assert hit[:, 0].float().mean().item() == pytest.approx(0.2, abs=0.01)
+    assert (noisy == 1).float().mean().item() == pytest.approx(0.1, abs=0.01)
+
+
+def test_denoising_batches_are_noisy_and_clean_pairs_fixed_outside_training(mnist_root):
+    dm = MNISTDataModule(data_dir=str(mnist_root), val_size=100, normalize=False, noise="gaussian", noise_level=0.3)
+    dm.setup("fit")
+    raw = next(iter(dm.val_dataloader()))
+    assert torch.equal(raw[1], torch.arange(len(raw[1])))  # the loader carries dataset indices
+    noisy, clean = dm.on_after_batch_transfer(raw, 0)
+    assert torch.equal(clean, raw[0].float() / 255)
+    assert noisy.shape == clean.shape and noisy.min() >= 0 and noisy.max() <= 1
+    assert (noisy - clean).abs().mean() > 0.1
+    assert torch.equal(noisy, dm.on_after_batch_transfer(raw, 0)[0])
+
+
+def test_noise_on_standardised_pixels_is_refused():
+    with pytest.raises(CnnlabError, match=r"data\.normalize false"):
+        MNISTDataModule(noise="gaussian")
+    with pytest.raises(CnnlabError, match="between 0 and 1"):
+        MNISTDataModule(noise="salt_and_pepper", noise_level=1.5, normalize=False)
