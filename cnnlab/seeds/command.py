@@ -151,9 +151,22 @@ def one_command(argv: list[str]) -> int:
             "cnnlab-seeds one needs an explicit integer model seed, --seed_everything=N (a W&B sweep over "
             "seed_everything passes it); a sweep never relies on a default seed."
         )
+    from cnnlab.seeds.launcher import WANDB_LOGGER, logger_class_path, wandb_overrides
     from cnnlab.seeds.worker import run_seed
 
-    result = run_seed(seed, argv)
+    configs, experiment = [], None
+    for i, token in enumerate(argv):
+        key, eq, value = token.partition("=")
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        if key in ("--config", "-c"):
+            configs.append(value)
+        elif key == "--experiment":
+            experiment = value
+    args = list(argv)
+    if logger_class_path(configs, argv) == WANDB_LOGGER:
+        group = experiment or (Path(configs[0]).stem if configs else "seeds")
+        args += wandb_overrides(group, configs, argv, "seed", [])
+    result = run_seed(seed, args)
     print(json.dumps({k: result.get(k) for k in ("seed", "status", "metrics", "run_dir", "error")}, indent=2))
     return 0 if result["status"] == "finished" else 1
 

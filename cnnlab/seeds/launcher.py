@@ -95,18 +95,25 @@ class Sweep:
         args += ["--trainer.enable_progress_bar=false", *self.overrides]
         args += [f"--experiment={self.name}", f"--trainer.default_root_dir={self.root}"]
         if wandb:
-            given = " ".join(self.overrides)
-            prefix = "--trainer.logger.init_args."
-            if f"{prefix}group" not in given:
-                args.append(f"{prefix}group={self.name}")
-            if f"{prefix}job_type" not in given:
-                args.append(f"{prefix}job_type={self.job_type}")
-            if f"{prefix}tags" not in given:
-                tags = ["cnnlab-seeds", *(Path(c).stem for c in self.configs), *self.tags]
-                args.append(f"{prefix}tags={json.dumps(tags)}")
+            args += wandb_overrides(self.name, self.configs, self.overrides, self.job_type, self.tags)
         # last, so nothing in a config file or an override can change it
         args.append(f"--seed_everything={seed}")
         return args
+
+
+def wandb_overrides(group: str, configs: list[str], given: list[str], job_type: str, tags: list[str]) -> list[str]:
+    """W&B logger arguments of a seed run: group = the sweep, its job type, tags naming the configs;
+    whatever the user set explicitly is kept."""
+    prefix = "--trainer.logger.init_args."
+    said = " ".join(given)
+    args = []
+    if f"{prefix}group" not in said:
+        args.append(f"{prefix}group={group}")
+    if f"{prefix}job_type" not in said:
+        args.append(f"{prefix}job_type={job_type}")
+    if f"{prefix}tags" not in said:
+        args.append(f"{prefix}tags={json.dumps(['cnnlab-seeds', *(Path(c).stem for c in configs), *tags])}")
+    return args
 
 
 def parse_seeds(text: str) -> list[int]:

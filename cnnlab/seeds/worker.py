@@ -95,16 +95,41 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+_PARSERS: dict = {}  # this process's argument parsers, built by the first run (see warm_cli_class)
+
+
+def warm_cli_class():
+    """CnnlabCLI that builds its argument parser once per process and reuses it. The parser depends
+    only on the classes and the CLI's defaults, never on the arguments; building it (all four
+    subcommands, every class signature) is a large part of a warm seed's overhead. Parsing,
+    instantiation and the run itself are CnnlabCLI's own, as in `train.py`."""
+    from cnnlab.cli import CnnlabCLI
+
+    class WarmCLI(CnnlabCLI):
+        def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+            if add_subcommands not in _PARSERS:
+                super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+                _PARSERS[add_subcommands] = (
+                    self.parser,
+                    getattr(self, "_subcommand_parsers", None),
+                    getattr(self, "_subcommand_method_arguments", None),
+                )
+                return
+            self.parser, self._subcommand_parsers, self._subcommand_method_arguments = _PARSERS[add_subcommands]
+
+    return WarmCLI
+
+
 def run_cli(subcommand: str, args: list[str]) -> Path:
     """One `train.py <subcommand> ...` in this process; returns its run directory. Raises what the
     CLI raises; the W&B run it opened is finished either way."""
-    from cnnlab.cli import OUTPUT_DIR_ENV, RUN_DIR_ENV, CnnlabCLI
+    from cnnlab.cli import OUTPUT_DIR_ENV, RUN_DIR_ENV
 
     os.environ.pop(RUN_DIR_ENV, None)
     os.environ.pop(OUTPUT_DIR_ENV, None)
     exit_code = 1
     try:
-        cli = CnnlabCLI(args=[subcommand, *args])
+        cli = warm_cli_class()(args=[subcommand, *args])
         exit_code = 0
         return Path(cli.run_dir)
     finally:
