@@ -107,9 +107,10 @@ class RunConfigSaver(SaveConfigCallback):
 
     @override
     def save_config(self, trainer, pl_module, stage: str) -> None:
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
+                # dumped here only: a dump costs a large part of a warm seed's overhead (cnnlab-seeds)
+                config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
                 run = logger.experiment
                 run.config.update(
                     {"seed": config.get("seed_everything"), "git_commit": git_commit(), "cnnlab": config},
@@ -253,11 +254,14 @@ class CnnlabCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         # Links applied at instantiation reach the model but not the parsed config; write them in
         # so summary.json shows the shapes that ran, not the signature's defaults.
+        # The dump made while instantiating gets the same values, instead of a second dump.
         init_args = self._config.model.get("init_args")
+        dumped = (self.__dict__.get("config_dump") or {}).get("model", {}).get("init_args")
         for name in LINKS:
             if init_args is not None and name in init_args and self.datamodule is not None:
-                init_args[name] = getattr(self.datamodule, name)
-        self.__dict__.pop("config_dump", None)
+                init_args[name] = value = getattr(self.datamodule, name)
+                if isinstance(dumped, dict):
+                    dumped[name] = list(value) if isinstance(value, tuple) else value
 
     @property
     def _config(self):

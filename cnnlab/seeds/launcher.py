@@ -244,7 +244,7 @@ class Worker:
     """One worker process and the seed it is running."""
 
     def __init__(self, slot: int, sweep: Sweep, device: str | None, log: Path) -> None:
-        self.slot, self.device = slot, device
+        self.slot, self.device, self.log = slot, device, log
         self.seed: int | None = None
         self.since = 0.0
         self.ready = False
