@@ -332,9 +332,8 @@ def test_report_reads_a_wandb_group_through_the_api():
     assert seeds == [0, 1] and values.tolist() == [0.97, 0.98]
 
 
-def test_report_logs_a_summary_table_to_wandb(tmp_path, monkeypatch):
+def test_report_logs_a_summary_table_to_wandb(tmp_path, monkeypatch, fresh_wandb):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
     fake_sweep(tmp_path, "cnn", np.linspace(0.97, 0.99, 12))
     assert main(["report", "cnn", "--root", str(tmp_path), "--wandb", "on"]) == 0
     (run,) = (tmp_path / "cnn" / "report" / "wandb").glob("offline-run-*")
@@ -508,12 +507,13 @@ def test_a_second_launcher_on_the_same_sweep_is_refused(tmp_path, capsys):
     assert f"(pid {os.getpid()})" in capsys.readouterr().err
 
 
-def test_one_seed_for_wandb_agents_logs_group_job_type_tags_seed_and_commit(mnist_root, tmp_path, monkeypatch):
-    """`cnnlab-seeds one` with the arguments the launcher gives a seed, W&B offline."""
+def test_one_seed_for_wandb_agents_logs_group_job_type_tags_seed_and_commit(
+    mnist_root, tmp_path, monkeypatch, fresh_wandb
+):
+    """`cnnlab-seeds one` as a W&B agent runs it, W&B offline (no credentials)."""
     for var in ("WANDB_API_KEY", "WANDB_MODE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setattr(sys, "argv", ["cnnlab-seeds"])
     args = [
         "--config",

@@ -80,9 +80,9 @@ class ProcessState:
 
 
 def finish_wandb(exit_code: int) -> None:
-    """End the W&B run a seed started. Lightning's WandbLogger never calls wandb.finish (a fresh
-    process ends it at exit) and reuses any active `wandb.run`: without this the next seed would
-    log into this seed's run."""
+    """End a W&B run a seed left open. cli.py finishes its run when a subcommand ends; a run that
+    fails before its trainer starts is not covered there, and Lightning's WandbLogger reuses any
+    active `wandb.run`, so the next seed would log into this seed's run."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code)
