@@ -62,17 +62,30 @@ def compare(sweeps: list[SweepResults], metric: str, paired: bool = False) -> li
 def _p(value: float, resamples: int | None = None) -> str:
     if value != value:  # NaN: no variation at all
         return "undefined"
-    if resamples and value <= 1.5 / resamples:
-        return f"< {2 / resamples:.0e}".replace("e-0", "e-")
+    floor = 2 / (resamples + 1) if resamples else 0.0  # the smallest two-sided p the permutations can show
+    if resamples and value <= floor * 1.001:
+        return f"<= {floor:.1g}"
     return f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}"
+
+
+def _p_is(value: float, resamples: int | None = None) -> str:
+    """'p = 0.012' or 'p <= 0.0002' (at the permutations' resolution)."""
+    text = _p(value, resamples)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def verdict(row: dict, several: bool = False) -> str:
     """The comparison in one paragraph a reader can act on."""
     metric, base, other = row["metric"], row["baseline"], row["sweep"]
     diff, low, high = row["diff"], row["ci_low"], row["ci_high"]
-    percent = "acc" in metric.rsplit("/", 1)[-1]
-    unit = (lambda v: f"{100 * v:.2f} percentage points") if percent else fmt
+    if "acc" in metric.rsplit("/", 1)[-1]:  # accuracy differences read best in percentage points
+
+        def number(v: float) -> str:
+            return f"{100 * v:.2f}"
+
+        unit = " percentage points"
+    else:
+        number, unit = fmt, ""
     higher = diff > 0
     better = higher != lower_is_better(metric)
     test = "a paired t-test" if row["paired"] else "Welch's t-test"
@@ -80,19 +93,20 @@ def verdict(row: dict, several: bool = False) -> str:
     text = (
         f"On {metric}, {other} (mean {fmt(row['mean_b'])}, n={row['n_b']}) is "
         f"{'higher' if higher else 'lower'} than {base} (mean {fmt(row['mean_a'])}, n={row['n_a']}) by "
-        f"{unit(abs(diff))}; 95% bootstrap interval of the difference {fmt(low)} to {fmt(high)}"
-        f"{' (per-seed differences, same seeds)' if row['paired'] else ''}; {test} p = {_p(p_t)}"
-        f"{' (Holm-adjusted)' if several else ''}, permutation test p = {_p(row['p_permutation'], row['resamples'])}. "
+        f"{number(abs(diff))}{unit}, 95% bootstrap interval of the difference {number(low)} to {number(high)}{unit}"
+        f"{' (per-seed differences over the same seeds)' if row['paired'] else ''}; {test} {_p_is(p_t)}"
+        f"{' (Holm-adjusted)' if several else ''}, permutation test {_p_is(row['p_permutation'], row['resamples'])}. "
     )
     if low > 0 or high < 0:
+        near, far = sorted((abs(low), abs(high)))
         text += (
             f"The interval excludes zero: {other if better else base} is better on {metric}, by "
-            f"{unit(min(abs(low), abs(high)))} to {unit(max(abs(low), abs(high)))}."
+            f"{number(near)} to {number(far)}{unit}."
         )
     else:
         text += (
             f"The interval includes zero: at these numbers of seeds the data cannot tell the two apart on {metric}; "
-            f"a real difference, if any, is likely within {unit(max(abs(low), abs(high)))}."
+            f"a real difference, if any, is likely within {number(max(abs(low), abs(high)))}{unit}."
         )
     text += (
         f" For scale, the seed-to-seed spread (std) is {fmt(row['std_a'])} for {base} "

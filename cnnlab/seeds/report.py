@@ -161,13 +161,16 @@ def plot_distribution(ax, values: np.ndarray, edges: np.ndarray, color: str, lab
 
 
 def shared_edges(columns: list[np.ndarray]) -> np.ndarray:
+    """Bins shared by overlaid histograms, as fine as numpy's 'auto' rule makes them for the
+    narrowest distribution (so two well-separated sweeps do not get five bins each)."""
     values = np.concatenate(columns)
     low, high = float(values.min()), float(values.max())
     if high == low:
         low, high = low - 0.5 * (abs(low) or 1) * 1e-3, high + 0.5 * (abs(high) or 1) * 1e-3
-    bins = min(MAX_BINS, len(np.histogram_bin_edges(values, bins="auto")) - 1)
+    widths = [np.diff(np.histogram_bin_edges(c, bins="auto"))[0] for c in columns if len(c) > 1 and np.ptp(c) > 0]
+    bins = int(np.ceil((high - low) / min(widths))) if widths else 5
     pad = (high - low) * 0.05
-    return np.linspace(low - pad, high + pad, max(bins, 5) + 1)
+    return np.linspace(low - pad, high + pad, min(max(bins, 5), MAX_BINS) + 1)
 
 
 def distribution_figure(sweeps: list[SweepResults], metrics: list[str]):
