@@ -5,9 +5,9 @@ over the same seeds. Each sweep runs through `cnnlab-seeds run` (resumable: reru
 
     python benchmarks/seeds_distributions.py [--seeds 0-99] [--jobs 2] [--root runs/benchmarks]
 
-Budget (small on purpose: 300 seeds within about 90 CPU-minutes on a quiet 2-core machine): one
-epoch on 3,000 of the shared training digits (batch 32), 1,000 validation digits, tested on the full
-official 10,000 test digits; CSV logger.
+Budget (small on purpose, so 300 seeds fit on a 2-core CPU; the CPU seconds each sweep took are
+printed at the end): one epoch on 3,000 of the shared training digits (batch 32), 1,000
+validation digits, tested on the full official 10,000 test digits; CSV logger.
 """
 
 import argparse
