@@ -11,10 +11,12 @@ import inspect
 import json
 import os
 import secrets
+import subprocess
 import sys
 import time
 import warnings
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -61,6 +63,28 @@ def new_run_dir(parent: Path, seed: int) -> Path:
     raise CnnlabError(f"Could not create a new run directory under {parent}: 999 runs started this second.")
 
 
+@cache
+def git_commit() -> str | None:
+    """The commit of the code that runs (with "-dirty" for uncommitted changes to tracked files), or
+    None outside a git checkout. Once per process: a worker keeps the code it imported."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
 def run_dir_of(checkpoint: Path) -> Path | None:
     """The run directory a checkpoint belongs to (`<run>/checkpoints/x.ckpt`), if it is one of ours."""
     run = checkpoint.resolve().parent.parent
@@ -84,11 +108,15 @@ class RunConfigSaver(SaveConfigCallback):
 
     @override
     def save_config(self, trainer, pl_module, stage: str) -> None:
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
+                # dumped here only: a dump costs a large part of a warm seed's overhead (cnnlab-seeds)
+                config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
                 run = logger.experiment
-                run.config.update({"seed": config.get("seed_everything"), "cnnlab": config}, allow_val_change=True)
+                run.config.update(
+                    {"seed": config.get("seed_everything"), "git_commit": git_commit(), "cnnlab": config},
+                    allow_val_change=True,
+                )
                 path = Path(trainer.log_dir, self.config_filename)
                 run.save(str(path), base_path=str(path.parent), policy="now")
 
@@ -227,10 +255,14 @@ class CnnlabCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         # Links applied at instantiation reach the model but not the parsed config; write them in
         # so summary.json shows the shapes that ran, not the signature's defaults.
+        # The dump made while instantiating gets the same values, instead of a second dump.
         init_args = self._config.model.get("init_args")
+        dumped = (self.__dict__.get("config_dump") or {}).get("model", {}).get("init_args")
         for name in LINKS:
             if init_args is not None and name in init_args and self.datamodule is not None:
-                init_args[name] = getattr(self.datamodule, name)
+                init_args[name] = value = getattr(self.datamodule, name)
+                if isinstance(dumped, dict):
+                    dumped[name] = list(value) if isinstance(value, tuple) else value
         # LightningCLI records a linked value in the model's hparams even where the model has no such
         # argument (num_classes for an autoencoder); saved in a checkpoint, it would break
         # load_from_checkpoint(path) and `test --ckpt_path` with an unexpected keyword argument.
@@ -240,7 +272,6 @@ class CnnlabCLI(LightningCLI):
                 for name in LINKS:
                     if name not in params:
                         self.model.hparams.pop(name, None)
-        self.__dict__.pop("config_dump", None)
 
     @property
     def _config(self):
@@ -271,8 +302,9 @@ class CnnlabCLI(LightningCLI):
                 args.job_type = args.get("job_type") or subcommand
                 if not args.get("version"):
                     # Known before W&B starts, so summary.json can name the run even if it is killed;
-                    # test and resume log into the run that trained.
-                    args.version = previous.get("id") or secrets.token_hex(4)
+                    # test and resume log into the run that trained. Under `wandb agent` W&B ignores
+                    # any id but the agent's (WANDB_RUN_ID), so that one is the run's.
+                    args.version = previous.get("id") or os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
                     if previous.get("id"):
                         logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "resume": "allow"}
 
@@ -384,6 +416,7 @@ class CnnlabCLI(LightningCLI):
             "run_dir": str(self.run_dir),
             "seed": config.seed_everything,
             "data_seed": data_args.get("data_seed") if data_args else None,
+            "git_commit": git_commit(),
             "metrics": {**summary.get("metrics", {}), **metrics},
             **extra,
         }

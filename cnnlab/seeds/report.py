@@ -1,0 +1,349 @@
+"""A sweep's report: each final metric's distribution over the seeds (histogram and density estimate,
+the "final loss / accuracy over N runs" figure), statistics with bootstrap intervals and the best
+seed, written as PNG, Markdown and CSV from the registry (no server needed); logged to W&B as a
+summary table when online. Results can also be read from the W&B API by group.
+"""
+
+import csv
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.errors import CnnlabError
+from cnnlab.seeds import stats
+from cnnlab.seeds.registry import REGISTRY, Registry, SeedRecord
+
+DEFAULT_METRICS = ("val/loss", "val/acc", "test/loss", "test/acc")
+MAX_BINS = 40
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+
+
+@dataclass
+class SweepResults:
+    """The seeds of one sweep, from its registry or from W&B."""
+
+    name: str
+    records: list[SeedRecord]
+    source: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def finished(self) -> list[SeedRecord]:
+        return [r for r in self.records if r.status == "finished"]
+
+    def values(self, metric: str) -> tuple[list[int], np.ndarray]:
+        """Seeds and values of a metric over the finished seeds that have a finite value of it."""
+        pairs = [(r.seed, r.metrics[metric]) for r in self.finished if _finite(r.metrics.get(metric))]
+        return [s for s, _ in pairs], np.array([v for _, v in pairs], dtype=float)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def sweep_dir(name: str, root: str | Path) -> Path:
+    """A sweep named `name` under `root`, or `name` itself when it is a sweep's directory."""
+    path = Path(name)
+    if (path / REGISTRY).is_file():
+        return path
+    return Path(root) / name
+
+
+def load_sweep(name: str, root: str | Path = "runs") -> SweepResults:
+    folder = sweep_dir(name, root)
+    with Registry(folder, create=False) as registry:
+        return SweepResults(folder.name, registry.records(), str(registry.path), registry.meta())
+
+
+def load_from_wandb(project: str, group: str, api=None) -> SweepResults:
+    """The runs of one W&B group (a sweep's name) as seed records, for sweeps run by `wandb agent`
+    on machines whose disks we cannot see. `project` is "entity/project"."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    by_seed: dict[int, SeedRecord] = {}
+    for run in api.runs(project, filters={"group": group}):
+        config = dict(run.config)
+        if run.job_type == "report" or config.get("seed") is None:
+            continue
+        metrics = {
+            k: float(v)
+            for k, v in dict(run.summary).items()
+            if "/" in k and not k.startswith("_") and _finite(v) and not isinstance(v, bool)
+        }
+        done = run.state == "finished" and any(k.startswith(("test/", "val/")) for k in metrics)
+        checkpoint = (config.get("cnnlab") or {}).get("checkpoint") or {}
+        monitor = checkpoint.get("monitor")
+        record = SeedRecord(
+            seed=int(config["seed"]),
+            status="finished" if done else ("failed" if run.state in ("failed", "crashed") else "running"),
+            metrics=metrics,
+            wandb_id=run.id,
+            wandb_project=project,
+            monitor=monitor,
+            mode=checkpoint.get("mode"),
+            best_score=metrics.get(monitor) if monitor else None,
+            git_commit=config.get("git_commit"),
+        )
+        earlier = by_seed.get(record.seed)
+        if earlier is None or (record.status == "finished" and earlier.status != "finished"):
+            by_seed[record.seed] = record
+    if not by_seed:
+        raise CnnlabError(
+            f"W&B has no seed runs in group '{group}' of {project}. Check the entity/project and the group "
+            "(a sweep's runs are grouped by its --name / --experiment), and that the runs were synced."
+        )
+    return SweepResults(group, [by_seed[s] for s in sorted(by_seed)], f"wandb:{project}/{group}")
+
+
+def metrics_to_report(results: list[SweepResults], requested: list[str] | None = None) -> list[str]:
+    """The requested metrics, or the final val/test loss and accuracy that the sweeps have."""
+    have = [set().union(*(r.metrics for r in res.finished)) if res.finished else set() for res in results]
+    common = set.intersection(*have) if have else set()
+    if requested:
+        missing = [m for m in requested if m not in common]
+        if missing:
+            raise CnnlabError(
+                f"Metric(s) {', '.join(missing)} are not in the finished seeds of "
+                f"{', '.join(r.name for r in results)}. Available: {', '.join(sorted(common)) or 'none'}."
+            )
+        return list(requested)
+    chosen = [m for m in DEFAULT_METRICS if m in common]
+    if not chosen:
+        chosen = sorted(m for m in common if m.startswith(("val/", "test/")))
+    if not chosen:
+        names = ", ".join(r.name for r in results)
+        raise CnnlabError(
+            f"No finished seed with val/ or test/ metrics in {names}, so there is nothing to report yet. Run "
+            "the sweep (cnnlab-seeds run ...) until some seeds finish; failed seeds and their errors are listed "
+            "in the registry."
+        )
+    return chosen
+
+
+def lower_is_better(metric: str) -> bool:
+    name = metric.rsplit("/", 1)[-1].lower()
+    return any(word in name for word in ("loss", "err", "nll", "mse", "mae", "perplexity"))
+
+
+def best_seed(results: SweepResults) -> SeedRecord | None:
+    """The best finished seed by its checkpoint monitor (validation, never test: choosing on the
+    test set would make the reported test number optimistic)."""
+    scored = [r for r in results.finished if r.monitor and _finite(r.best_score)]
+    if not scored:
+        return None
+    minimise = scored[0].mode == "min" if scored[0].mode else lower_is_better(scored[0].monitor)
+    return (min if minimise else max)(scored, key=lambda r: r.best_score)
+
+
+def fmt(value: float) -> str:
+    if value is None or not _finite(value):
+        return "-"
+    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e4 else f"{value:.3e}"
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+
+def plot_distribution(ax, values: np.ndarray, edges: np.ndarray, color: str, label: str) -> None:
+    """Histogram (as a density) with a Gaussian kernel density estimate on top."""
+    from scipy.stats import gaussian_kde
+
+    ax.hist(values, bins=edges, density=True, alpha=0.45, color=color, label=label)
+    if len(values) > 2 and np.ptp(values) > 0:
+        grid = np.linspace(edges[0], edges[-1], 300)
+        ax.plot(grid, gaussian_kde(values)(grid), color=color, linewidth=1.8)
+    ax.axvline(values.mean(), color=color, linestyle="--", linewidth=1)
+
+
+def shared_edges(columns: list[np.ndarray]) -> np.ndarray:
+    """Bins shared by overlaid histograms, as fine as numpy's 'auto' rule makes them for the
+    narrowest distribution (so two well-separated sweeps do not get five bins each)."""
+    values = np.concatenate(columns)
+    low, high = float(values.min()), float(values.max())
+    if high == low:
+        low, high = low - 0.5 * (abs(low) or 1) * 1e-3, high + 0.5 * (abs(high) or 1) * 1e-3
+    widths = [np.diff(np.histogram_bin_edges(c, bins="auto"))[0] for c in columns if len(c) > 1 and np.ptp(c) > 0]
+    bins = int(np.ceil((high - low) / min(widths))) if widths else 5
+    pad = (high - low) * 0.05
+    return np.linspace(low - pad, high + pad, min(max(bins, 5), MAX_BINS) + 1)
+
+
+def distribution_figure(sweeps: list[SweepResults], metrics: list[str]):
+    """One panel per metric, every sweep's distribution overlaid in it."""
+    from matplotlib.figure import Figure
+
+    cols = 2 if len(metrics) > 1 else 1
+    rows = math.ceil(len(metrics) / cols)
+    figure = Figure(figsize=(5.2 * cols, 3.6 * rows), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, cols)).ravel()
+    for ax, metric in zip(axes, metrics, strict=False):
+        columns = [res.values(metric) for res in sweeps]
+        edges = shared_edges([v for _, v in columns if len(v)])
+        for i, (res, (_, values)) in enumerate(zip(sweeps, columns, strict=True)):
+            if len(values):
+                label = f"{res.name} (n={len(values)}, mean {fmt(values.mean())})"
+                plot_distribution(ax, values, edges, COLORS[i % len(COLORS)], label)
+        ax.set_xlabel(f"final {metric}")
+        ax.set_ylabel("density")
+        ax.set_title(f"{metric} over {' / '.join(str(len(v)) for _, v in columns)} seeds", fontsize=10)
+        ax.legend(fontsize=7)
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
+    return figure
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def statistics_rows(results: SweepResults, metrics: list[str]) -> list[dict]:
+    rows = []
+    for metric in metrics:
+        seeds, values = results.values(metric)
+        if len(values):
+            rows.append({"metric": metric, **asdict(stats.describe(values, seeds))})
+    return rows
+
+
+def seed_rows(results: SweepResults, metrics: list[str]) -> list[dict]:
+    rows = []
+    for r in results.records:
+        row = {"seed": r.seed, "status": r.status, "attempts": r.attempts}
+        row |= {m: r.metrics.get(m) for m in metrics}
+        row |= {
+            "seconds": r.seconds,
+            "data_seed": r.data_seed,
+            "run_dir": r.run_dir,
+            "best_checkpoint": r.best_checkpoint,
+            "wandb_id": r.wandb_id,
+            "git_commit": r.git_commit,
+            "error": (r.error or "").splitlines()[0] if r.error else None,
+        }
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["seed"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown(results: SweepResults, metrics: list[str], rows: list[dict], figure: str) -> str:
+    n_total, n_done = len(results.records), len(results.finished)
+    lines = [f"# Seed sweep `{results.name}`: {n_done} of {n_total} seeds finished", ""]
+    identity = results.meta.get("identity") or {}
+    if identity:
+        configs = ", ".join(f"`{c['path']}`" for c in identity.get("configs", []))
+        overrides = " ".join(identity.get("overrides") or []) or "none"
+        lines.append(f"Config: {configs}; overrides: `{overrides}`.")
+    data_seeds = sorted({r.data_seed for r in results.finished if r.data_seed is not None})
+    commits = sorted({r.git_commit for r in results.finished if r.git_commit})
+    if data_seeds:
+        lines.append(f"Data seed (train/val split): {', '.join(map(str, data_seeds))}; the model seed varies.")
+    if commits:
+        lines.append(f"Git commit: {', '.join(c[:12] for c in commits)}.")
+    lines.append(f"Source: `{results.source}`.")
+    lines += [
+        "",
+        "| metric | n | mean | std | median | 95% CI of the mean | min (seed) | max (seed) |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['metric']} | {row['n']} | {fmt(row['mean'])} | {fmt(row['std'])} | {fmt(row['median'])} | "
+            f"{fmt(row['ci_low'])} to {fmt(row['ci_high'])} | {fmt(row['min'])} ({row['min_seed']}) | "
+            f"{fmt(row['max'])} ({row['max_seed']}) |"
+        )
+    lines += [
+        "",
+        f"std is the seed-to-seed spread (ddof=1); the interval is a percentile bootstrap of the mean "
+        f"({stats.RESAMPLES:,} resamples).",
+        "",
+    ]
+    best = best_seed(results)
+    if best is not None:
+        shown = ", ".join(f"{m} {fmt(best.metrics.get(m))}" for m in metrics if m in best.metrics)
+        lines.append(
+            f"Best seed by {best.monitor} (the checkpoint monitor, {best.mode or 'auto'}; chosen on validation, "
+            f"not test): **seed {best.seed}** ({shown}). Checkpoint: `{best.best_checkpoint or '-'}`."
+        )
+        lines.append("")
+    failed = [r for r in results.records if r.status != "finished"]
+    if failed:
+        lines.append(f"Not finished ({len(failed)}):")
+        lines.append("")
+        for r in failed[:20]:
+            error = (r.error or "").splitlines()[0] if r.error else ""
+            lines.append(f"- seed {r.seed}: {r.status}{': ' + error if error else ''}")
+        if len(failed) > 20:
+            lines.append(f"- ... and {len(failed) - 20} more (seeds.csv)")
+        lines.append("")
+    lines += [f"![distributions]({figure})", ""]
+    return "\n".join(lines)
+
+
+def write_report(results: SweepResults, out: Path, metrics: list[str]) -> dict[str, Path]:
+    """PNG + Markdown + CSV into `out`; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = statistics_rows(results, metrics)
+    paths = {
+        "figure": out / "distributions.png",
+        "markdown": out / "summary.md",
+        "statistics": out / "statistics.csv",
+        "seeds": out / "seeds.csv",
+    }
+    distribution_figure([results], metrics).savefig(paths["figure"], dpi=110)
+    paths["markdown"].write_text(markdown(results, metrics, rows, paths["figure"].name))
+    write_csv(paths["statistics"], rows)
+    write_csv(paths["seeds"], seed_rows(results, metrics))
+    return paths
+
+
+# -- W&B -------------------------------------------------------------------------------------
+
+
+def wandb_online() -> bool:
+    mode = os.environ.get("WANDB_MODE", "")
+    if mode in ("offline", "dryrun", "disabled"):
+        return False
+    if mode == "online":
+        return True
+    from cnnlab.wandb_logger import wandb_credentials_found  # imports Lightning: only asked when needed
+
+    return wandb_credentials_found()
+
+
+def log_to_wandb(results: SweepResults, metrics: list[str], paths: dict[str, Path], out: Path) -> str:
+    """One W&B run of job type `report` in the sweep's group: the statistics and per-seed tables,
+    the figure, and mean/CI per metric in its summary. Returns where it went."""
+    import wandb
+
+    projects = {r.wandb_project for r in results.records if r.wandb_project}
+    project = projects.pop() if len(projects) == 1 else "cnnlab"
+    run = wandb.init(
+        project=project.split("/")[-1],
+        group=results.name,
+        job_type="report",
+        name=f"{results.name}/report",
+        config={"sweep": results.name, "seeds": len(results.records), "finished": len(results.finished)},
+        dir=str(out),
+    )
+    try:
+        for key, path in (("statistics", paths["statistics"]), ("seeds", paths["seeds"])):
+            with open(path) as handle:
+                table = list(csv.reader(handle))
+            run.log({f"seeds/{key}": wandb.Table(columns=table[0], data=table[1:])})
+        run.log({"seeds/distributions": wandb.Image(str(paths["figure"]))})
+        for row in statistics_rows(results, metrics):
+            for key in ("mean", "std", "median", "ci_low", "ci_high", "min", "max"):
+                run.summary[f"{row['metric']}/{key}"] = row[key]
+        where = run.url or f"offline run {run.id} in {out}/wandb/"
+    finally:
+        run.finish()
+    return where

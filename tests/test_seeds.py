@@ -1,0 +1,554 @@
+"""cnnlab-seeds: the launcher (warm workers, resume, faults, Ctrl-C), the registry, the statistics
+(checked against numpy/scipy on fixed numbers), the report and the comparison."""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from scipy import stats as sps
+
+from cnnlab.errors import CnnlabError
+from cnnlab.seeds import stats
+from cnnlab.seeds.command import main
+from cnnlab.seeds.launcher import (
+    WANDB_LOGGER,
+    Progress,
+    Sweep,
+    detect_gpus,
+    device_of,
+    logger_class_path,
+    parse_seeds,
+    sweep_lock,
+)
+from cnnlab.seeds.registry import Registry, SeedRecord
+
+CLASSIFIER = str(ROOT / "configs" / "mnist_classifier.yaml")
+CSV = str(ROOT / "configs" / "logger" / "csv.yaml")
+CONFIGS = ["--config", CLASSIFIER, "--config", CSV]
+
+
+def tiny(mnist_root: Path) -> list[str]:
+    """Overrides that make a seed take a second or two: 2 training steps, 50 validation and test digits."""
+    return [
+        f"--data.data_dir={mnist_root}",
+        "--data.val_size=100",
+        "--data.batch_size=50",
+        "--data.max_train_samples=100",
+        "--data.max_eval_samples=50",
+        "--trainer.max_epochs=1",
+        "--trainer.enable_model_summary=false",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+    ]
+
+
+def records(sweep_dir: Path) -> dict[int, SeedRecord]:
+    if not (sweep_dir / "registry.sqlite").is_file():
+        return {}
+    with Registry(sweep_dir, create=False) as registry:
+        return {r.seed: r for r in registry.records()}
+
+
+def wait_for(condition, what: str, deadline_s: float = 300.0) -> None:
+    end = time.time() + deadline_s
+    while time.time() < end:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a container's init may never reap an orphan)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def launcher_process(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnlab.seeds", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# -- arguments -----------------------------------------------------------------------------------
+
+
+def test_seed_ranges_and_lists_parse_to_sorted_seeds():
+    assert parse_seeds("0-3,7, 10-11,2") == [0, 1, 2, 3, 7, 10, 11]
+    assert parse_seeds("5") == [5]
+    for bad in ("3-1", "a", "-1", "1-", "2**40"):
+        with pytest.raises(CnnlabError, match="--seeds"):
+            parse_seeds(bad)
+
+
+@pytest.mark.parametrize(
+    "token", ["--seed_everything=3", "--experiment=x", "--trainer.default_root_dir=/tmp", "--ckpt_path=best"]
+)
+def test_overrides_that_would_change_seed_or_folder_are_refused(token, tmp_path):
+    with pytest.raises(CnnlabError, match=token.split("=")[0]):
+        Sweep(name="s", configs=[CLASSIFIER], seeds=[0], overrides=[token], root=tmp_path)
+
+
+def test_the_model_seed_is_explicit_and_last_and_wandb_gets_group_job_type_tags(tmp_path):
+    sweep = Sweep(name="cnn", configs=[CLASSIFIER], seeds=[0], overrides=["--data.augment=false"], root=tmp_path)
+    args = sweep.args(7, wandb=True)
+    assert args[-1] == "--seed_everything=7"
+    assert "--experiment=cnn" in args and f"--trainer.default_root_dir={tmp_path.resolve()}" in args
+    assert "--trainer.logger.init_args.group=cnn" in args
+    assert "--trainer.logger.init_args.job_type=seed" in args
+    tags = next(a for a in args if a.startswith("--trainer.logger.init_args.tags="))
+    assert json.loads(tags.split("=", 1)[1]) == ["cnnlab-seeds", "mnist_classifier"]
+    assert not any("init_args.group" in a for a in sweep.args(7, wandb=False))
+
+
+def test_the_logger_is_resolved_as_the_cli_would():
+    assert logger_class_path([CLASSIFIER], []) == WANDB_LOGGER  # CnnlabCLI's default
+    assert logger_class_path([CLASSIFIER, CSV], []) == "lightning.pytorch.loggers.CSVLogger"
+    assert logger_class_path([CLASSIFIER, CSV], ["--trainer.logger", "false"]) is None
+    assert logger_class_path([CLASSIFIER], ["--trainer.logger.class_path=lightning.pytorch.loggers.CSVLogger"]) == (
+        "lightning.pytorch.loggers.CSVLogger"
+    )
+
+
+def test_gpus_are_shared_round_robin(monkeypatch):
+    assert [device_of(slot, ["0", "1"]) for slot in range(5)] == ["0", "1", "0", "1", "0"]
+    assert device_of(3, []) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert detect_gpus() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert detect_gpus() == []
+
+
+def test_progress_line_counts_seeds_and_estimates_the_rest():
+    line = Progress("cnn", 10).line(done=3, failed=1, running=2, eta=100, per_seed=12.5)
+    assert line == "[cnn] 3/10 done, 1 failed, 2 running, 4 queued | 12.5 s/seed | ETA 1m40s"
+
+
+# -- registry ----------------------------------------------------------------------------------
+
+
+def test_registry_keeps_records_across_connections(tmp_path):
+    first, second = Registry(tmp_path), Registry(tmp_path)
+    first.add_pending([0, 1, 2])
+    first.mark_running(1, worker=123, device="cpu")
+    record = SeedRecord(1, status="finished", attempts=1, metrics={"test/acc": 0.5}, run_dir="r", wandb_id="w")
+    record.best_checkpoint, record.seconds = "r/checkpoints/best.ckpt", 2.5
+    second.put(record)
+    second.mark([2], "failed", "boom")
+    seen = {r.seed: r for r in first.records()}
+    assert seen[0].status == "pending"
+    assert seen[1] == record
+    assert (seen[2].status, seen[2].error) == ("failed", "boom")
+    assert first.counts() == {"pending": 1, "running": 0, "finished": 1, "failed": 1, "interrupted": 0}
+    first.close()
+    second.close()
+
+
+# -- statistics against numpy/scipy ----------------------------------------------------------------
+
+VALUES = np.array([0.981, 0.975, 0.988, 0.979, 0.984, 0.990, 0.972, 0.986, 0.983, 0.977])
+OTHER = np.array([0.970, 0.968, 0.975, 0.961, 0.972, 0.966, 0.974, 0.969])
+
+
+def test_summary_statistics_match_numpy():
+    seeds = list(range(100, 110))
+    d = stats.describe(VALUES, seeds)
+    assert d.n == 10
+    assert d.mean == pytest.approx(np.mean(VALUES), abs=1e-12)
+    assert d.std == pytest.approx(np.std(VALUES, ddof=1), abs=1e-12)
+    assert d.median == pytest.approx(np.median(VALUES), abs=1e-12)
+    assert (d.min, d.min_seed, d.max, d.max_seed) == (0.972, 106, 0.990, 105)
+
+
+def test_bootstrap_interval_of_the_mean_agrees_with_scipy():
+    low, high = stats.bootstrap_mean_ci(VALUES, resamples=20000)
+    ref = sps.bootstrap((VALUES,), np.mean, n_resamples=20000, method="percentile", rng=1).confidence_interval
+    width = ref.high - ref.low
+    assert low == pytest.approx(ref.low, abs=0.05 * width)
+    assert high == pytest.approx(ref.high, abs=0.05 * width)
+    assert stats.bootstrap_mean_ci(VALUES, resamples=20000) == (low, high)  # fixed generator: reproducible
+
+
+def test_welch_t_test_matches_the_formula():
+    d = stats.difference(OTHER, VALUES)
+    va, vb = OTHER.var(ddof=1) / len(OTHER), VALUES.var(ddof=1) / len(VALUES)
+    t = (VALUES.mean() - OTHER.mean()) / np.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(OTHER) - 1) + vb**2 / (len(VALUES) - 1))
+    assert d.diff == pytest.approx(VALUES.mean() - OTHER.mean(), abs=1e-12)
+    assert d.t == pytest.approx(t, rel=1e-10) and d.df == pytest.approx(df, rel=1e-10)
+    assert d.p_t == pytest.approx(2 * sps.t.sf(abs(t), df), rel=1e-8)
+    assert d.ci_low > 0 and d.excludes_zero
+
+
+def test_permutation_test_is_exact_on_small_groups():
+    a, b = np.array([1.0, 2.0, 3.5, 2.5]), np.array([3.0, 4.0, 2.9, 5.0])
+    observed = b.mean() - a.mean()
+    pooled = np.concatenate([a, b])
+    splits = [
+        pooled[list(idx)].mean() - np.delete(pooled, list(idx)).mean() for idx in itertools.combinations(range(8), 4)
+    ]
+    exact = np.mean(np.abs(splits) >= abs(observed) - 1e-12)
+    assert stats.difference(a, b).p_permutation == pytest.approx(exact, abs=1e-12)
+
+
+def test_paired_comparison_uses_the_per_seed_differences():
+    a, b = VALUES[:8], OTHER
+    d = stats.difference(a, b, paired=True)
+    ref = sps.ttest_rel(b, a)
+    assert d.t == pytest.approx(ref.statistic) and d.p_t == pytest.approx(ref.pvalue)
+    low, high = stats.bootstrap_mean_ci(b - a)
+    assert (d.ci_low, d.ci_high) == pytest.approx((low, high), abs=0.15 * (high - low))
+
+
+def test_holm_adjustment():
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+# -- report and compare from a registry (no training) ------------------------------------------------
+
+
+def fake_sweep(root: Path, name: str, acc: np.ndarray, seeds=None) -> Path:
+    """A finished sweep with known numbers: test/acc as given, val/acc = test/acc - 0.01 except one
+    seed whose validation score is best while its test score is not."""
+    folder = root / name
+    with Registry(folder) as registry:
+        registry.set_meta(name=name, identity={"configs": [{"path": "x.yaml"}], "overrides": []}, wandb=False)
+        for i, (seed, value) in enumerate(zip(seeds or range(len(acc)), acc, strict=True)):
+            val = 0.999 if i == 1 else value - 0.01
+            registry.put(
+                SeedRecord(
+                    seed,
+                    status="finished",
+                    attempts=1,
+                    metrics={"test/acc": value, "test/loss": 1 - value, "val/acc": val, "val/loss": 1.01 - value},
+                    run_dir=f"/runs/{name}/seed{seed}",
+                    best_checkpoint=f"/runs/{name}/seed{seed}/checkpoints/best.ckpt",
+                    monitor="val/acc",
+                    mode="max",
+                    best_score=val,
+                    data_seed=0,
+                )
+            )
+        registry.put(SeedRecord(99, status="failed", attempts=1, error="RuntimeError: boom\ntraceback"))
+    return folder
+
+
+def test_report_writes_statistics_figure_and_best_seed(tmp_path, capsys):
+    acc = np.random.default_rng(0).normal(0.98, 0.004, size=30)
+    fake_sweep(tmp_path, "cnn", acc)
+    assert main(["report", "cnn", "--root", str(tmp_path), "--wandb", "off"]) == 0
+    out = tmp_path / "cnn" / "report"
+    rows = {r["metric"]: r for r in _csv(out / "statistics.csv")}
+    assert set(rows) == {"val/loss", "val/acc", "test/loss", "test/acc"}
+    assert float(rows["test/acc"]["mean"]) == pytest.approx(acc.mean(), abs=1e-12)
+    assert float(rows["test/acc"]["std"]) == pytest.approx(acc.std(ddof=1), abs=1e-12)
+    assert int(rows["test/acc"]["max_seed"]) == int(acc.argmax())
+    assert len(_csv(out / "seeds.csv")) == 31
+    assert (out / "distributions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "summary.md").read_text()
+    # chosen by validation (seed 1 has the best val/acc), never by the test score
+    assert "**seed 1**" in md and "/runs/cnn/seed1/checkpoints/best.ckpt" in md
+    assert "seed 99: failed: RuntimeError: boom" in md
+    assert "30 of 31 seeds finished" in capsys.readouterr().out
+
+
+def test_compare_names_the_better_sweep_when_the_interval_excludes_zero(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    fake_sweep(tmp_path, "mlp", rng.normal(0.970, 0.003, size=40))
+    fake_sweep(tmp_path, "cnn", rng.normal(0.985, 0.003, size=40))
+    assert main(["compare", "mlp", "cnn", "--root", str(tmp_path)]) == 0
+    out = tmp_path / "comparisons" / "mlp--cnn"
+    (row,) = _csv(out / "comparison.csv")
+    assert float(row["diff"]) == pytest.approx(float(row["mean_b"]) - float(row["mean_a"]), abs=1e-12)
+    assert float(row["ci_low"]) > 0
+    text = capsys.readouterr().out
+    assert "The interval excludes zero: cnn is better on test/acc" in text
+    assert (out / "overlay.png").is_file()
+
+
+def test_compare_says_it_cannot_tell_when_the_interval_includes_zero(tmp_path, capsys):
+    values = np.random.default_rng(2).normal(0.98, 0.004, size=40)
+    fake_sweep(tmp_path, "aug", values)
+    fake_sweep(tmp_path, "noaug", values[::-1] + 1e-5)
+    assert main(["compare", "noaug", "aug", "--root", str(tmp_path), "--paired"]) == 0
+    assert "The interval includes zero: at these numbers of seeds the data cannot tell" in capsys.readouterr().out
+
+
+def test_compare_refuses_a_metric_one_sweep_lacks(tmp_path, capsys):
+    fake_sweep(tmp_path, "a", np.linspace(0.9, 0.95, 5))
+    fake_sweep(tmp_path, "b", np.linspace(0.9, 0.95, 5))
+    assert main(["compare", "a", "b", "--root", str(tmp_path), "--metric", "test/f1"]) == 2
+    assert "test/f1" in capsys.readouterr().err
+
+
+def test_report_of_an_unknown_sweep_is_explained(tmp_path, capsys):
+    assert main(["report", "nope", "--root", str(tmp_path)]) == 2
+    assert "No seed sweep registry" in capsys.readouterr().err
+
+
+class FakeRun:
+    def __init__(self, seed, acc, state="finished", job_type="seed"):
+        self.id, self.state, self.job_type = f"id{seed}", state, job_type
+        self.config = {"seed": seed, "cnnlab": {"checkpoint": {"monitor": "val/acc", "mode": "max"}}}
+        self.summary = {"test/acc": acc, "val/acc": acc - 0.01, "_step": 3}
+
+
+class FakeApi:
+    def __init__(self, runs):
+        self._runs = runs
+        self.asked = None
+
+    def runs(self, path, filters):
+        self.asked = (path, filters)
+        return self._runs
+
+
+def test_report_reads_a_wandb_group_through_the_api():
+    from cnnlab.seeds.report import load_from_wandb
+
+    runs = [FakeRun(0, 0.97), FakeRun(1, 0.98), FakeRun(1, 0.5, state="crashed"), FakeRun(2, 0.9, state="crashed")]
+    api = FakeApi([*runs, FakeRun(9, 0.1, job_type="report")])
+    results = load_from_wandb("me/cnnlab", "mnist-cnn", api=api)
+    assert api.asked == ("me/cnnlab", {"group": "mnist-cnn"})
+    assert [(r.seed, r.status) for r in results.records] == [(0, "finished"), (1, "finished"), (2, "failed")]
+    seeds, values = results.values("test/acc")
+    assert seeds == [0, 1] and values.tolist() == [0.97, 0.98]
+
+
+def test_report_logs_a_summary_table_to_wandb(tmp_path, monkeypatch, fresh_wandb):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    fake_sweep(tmp_path, "cnn", np.linspace(0.97, 0.99, 12))
+    assert main(["report", "cnn", "--root", str(tmp_path), "--wandb", "on"]) == 0
+    (run,) = (tmp_path / "cnn" / "report" / "wandb").glob("offline-run-*")
+    tables = list((run / "files" / "media" / "table").rglob("*.table.json"))
+    assert {p.name.split("_")[0] for p in tables} >= {"seeds"}
+    rows = [json.loads(p.read_text()) for p in tables]
+    assert any(t["columns"][0] == "metric" and len(t["data"]) == 4 for t in rows)
+
+
+def _csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+# -- the launcher, end to end ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep20(tmp_path_factory, mnist_root):
+    """20 seeds with --jobs 2: Ctrl-C after a few finished, SIGKILL of the launcher after a few
+    more, then the same command to the end. Returns what the tests check."""
+    root = tmp_path_factory.mktemp("seeds")
+    args = ["run", *CONFIGS, "--seeds=0-19", "--jobs=2", "--threads=1", "--name=tiny", f"--root={root}"]
+    args += tiny(mnist_root)
+    folder = root / "tiny"
+
+    def finished() -> dict[int, SeedRecord]:
+        return {s: r for s, r in records(folder).items() if r.status == "finished"}
+
+    # 1. Ctrl-C: the launcher stops its workers and records the running seeds as interrupted
+    proc = launcher_process(args)
+    wait_for(lambda: len(finished()) >= 3, "3 finished seeds")
+    workers = {r.worker for r in records(folder).values() if r.worker}
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    ctrl_c_code = proc.returncode
+    after_ctrl_c = records(folder)
+    workers_after_ctrl_c = {pid for pid in workers if alive(pid)}
+
+    # 2. SIGKILL: nothing is recorded at all; the orphaned workers must notice and stop
+    proc = launcher_process(args)
+    wait_for(lambda: len(finished()) >= len([r for r in after_ctrl_c.values() if r.status == "finished"]) + 3, "3 more")
+    proc.kill()
+    proc.wait()
+    before_kill = finished()
+    dirs_before_kill = {seed: sorted(folder.glob(f"*-seed{seed}")) for seed in before_kill}
+    killed_workers = {r.worker for r in records(folder).values() if r.status == "running"}
+    wait_for(lambda: not any(alive(pid) for pid in killed_workers), "orphaned workers to stop", 60)
+
+    # 3. the same command again, to the end
+    code = main(args)
+    return {
+        "root": root,
+        "folder": folder,
+        "ctrl_c_code": ctrl_c_code,
+        "ctrl_c_stderr": err,
+        "after_ctrl_c": after_ctrl_c,
+        "workers_after_ctrl_c": workers_after_ctrl_c,
+        "before_kill": before_kill,
+        "dirs_before_kill": dirs_before_kill,
+        "code": code,
+        "final": records(folder),
+        "args": args,
+    }
+
+
+@pytest.mark.slow
+def test_twenty_seeds_finish_each_as_its_own_run(sweep20):
+    final = sweep20["final"]
+    assert sweep20["code"] == 0
+    assert sorted(final) == list(range(20)) and all(r.status == "finished" for r in final.values())
+    run_dirs = {r.run_dir for r in final.values()}
+    assert len(run_dirs) == 20
+    for seed, record in final.items():
+        summary = json.loads((Path(record.run_dir) / "summary.json").read_text())
+        assert summary["seed"] == seed and summary["data_seed"] == 0  # the model seed varies, the split does not
+        assert summary["metrics"] == record.metrics and "test/acc" in record.metrics
+        assert summary["test_checkpoint"] == record.best_checkpoint
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if head:
+        assert all(r.git_commit.startswith(head) for r in final.values())
+    assert len({tuple(sorted(r.metrics.items())) for r in final.values()}) == 20  # every seed trained differently
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_and_marks_running_seeds_interrupted(sweep20):
+    after = sweep20["after_ctrl_c"]
+    assert sweep20["ctrl_c_code"] == 130
+    assert "interrupted:" in sweep20["ctrl_c_stderr"] and "Run the same command again" in sweep20["ctrl_c_stderr"]
+    assert not any(r.status == "running" for r in after.values())
+    assert sweep20["workers_after_ctrl_c"] == set()
+
+
+@pytest.mark.slow
+def test_killing_the_launcher_redoes_no_finished_seed_and_loses_none(sweep20):
+    final = sweep20["final"]
+    for seed, record in sweep20["before_kill"].items():
+        assert final[seed].run_dir == record.run_dir and final[seed].attempts == record.attempts
+    folder = sweep20["folder"]
+    for seed, dirs in sweep20["dirs_before_kill"].items():
+        assert sorted(folder.glob(f"*-seed{seed}")) == dirs, f"seed {seed} was run again"
+    assert all(r.status == "finished" for r in final.values())
+
+
+@pytest.mark.slow
+def test_a_seed_in_a_warm_worker_equals_a_standalone_train_py_run(sweep20, mnist_root, tmp_path):
+    """The same seed twice, once in a worker that had run other seeds before, once as two fresh
+    `train.py` processes (fit, then test of the best checkpoint): identical metrics."""
+    final = sweep20["final"].values()
+    warm = [r for r in final if any(o.worker == r.worker and o.started < r.started for o in final)]
+    record = max(warm, key=lambda r: r.started)
+    root = tmp_path / "standalone"
+    common = [*CONFIGS, *tiny(mnist_root), f"--seed_everything={record.seed}", f"--trainer.default_root_dir={root}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the sweep ran with --threads 1
+    train = [sys.executable, str(ROOT / "train.py")]
+    subprocess.run([*train, "fit", *common], cwd=ROOT, env=env, check=True, capture_output=True)
+    (summary_path,) = root.glob("mnist_classifier/*/summary.json")
+    best = json.loads(summary_path.read_text())["best_checkpoint"]
+    subprocess.run([*train, "test", *common, f"--ckpt_path={best}"], cwd=ROOT, env=env, check=True, capture_output=True)
+    assert json.loads(summary_path.read_text())["metrics"] == record.metrics
+
+
+@pytest.mark.slow
+def test_report_of_a_real_sweep(sweep20, capsys):
+    assert main(["report", "tiny", "--root", str(sweep20["root"]), "--wandb", "off"]) == 0
+    rows = {r["metric"]: r for r in _csv(sweep20["folder"] / "report" / "statistics.csv")}
+    values = np.array([r.metrics["test/loss"] for r in sweep20["final"].values()])
+    assert int(rows["test/loss"]["n"]) == 20
+    assert float(rows["test/loss"]["mean"]) == pytest.approx(values.mean(), abs=1e-9)
+
+
+@pytest.mark.slow
+def test_failing_crashing_and_hanging_seeds_are_recorded_and_the_rest_finish(mnist_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_TEST_FAULTS", "0:raise,1:crash,2:hang")
+    args = ["run", *CONFIGS, "--seeds=0-4", "--jobs=2", "--threads=1", "--timeout=30", "--name=faulty"]
+    args += [f"--root={tmp_path}", *tiny(mnist_root), "--trainer.callbacks+=seed_faults.SeedFaults"]
+    assert main(args) == 1  # some seeds failed
+    final = records(tmp_path / "faulty")
+    assert final[0].status == "failed" and "injected fault: this seed raises" in final[0].error
+    assert final[1].status == "failed" and "exited with code 3" in final[1].error
+    assert final[2].status == "failed" and "timed out after 30 s" in final[2].error
+    assert final[3].status == final[4].status == "finished"
+    workers = {r.worker for r in final.values()}
+    assert len(workers) >= 3  # the crashed worker was replaced while seeds were left
+    assert not any(alive(pid) for pid in workers)  # the hung one was killed, the others ended
+
+
+@pytest.mark.slow
+def test_a_bad_override_stops_the_sweep_instead_of_failing_every_seed(mnist_root, tmp_path, capsys):
+    args = ["run", *CONFIGS, "--seeds=0-9", "--jobs=1", "--name=typo", f"--root={tmp_path}", *tiny(mnist_root)]
+    assert main([*args, "--model.backbone=vgg99"]) == 2
+    err = capsys.readouterr().err
+    assert "all failed with the same error" in err and "vgg99" in err
+    statuses = [r.status for r in records(tmp_path / "typo").values()]
+    assert statuses.count("failed") == 3 and statuses.count("finished") == 0
+
+
+def test_a_changed_sweep_is_refused_rather_than_mixed(tmp_path, capsys):
+    with Registry(tmp_path / "cnn") as registry:
+        registry.set_meta(name="cnn", identity={"configs": [], "overrides": ["--data.augment=true"]})
+    assert main(["run", "--config", CLASSIFIER, "--seeds=0-1", "--name=cnn", f"--root={tmp_path}"]) == 2
+    assert "was started with other settings" in capsys.readouterr().err
+
+
+def test_a_second_launcher_on_the_same_sweep_is_refused(tmp_path, capsys):
+    (tmp_path / "cnn").mkdir()
+    with sweep_lock(tmp_path / "cnn"):
+        assert main(["run", "--config", CLASSIFIER, "--seeds=0-1", "--name=cnn", f"--root={tmp_path}"]) == 2
+    assert f"(pid {os.getpid()})" in capsys.readouterr().err
+
+
+def test_one_seed_for_wandb_agents_logs_group_job_type_tags_seed_and_commit(
+    mnist_root, tmp_path, monkeypatch, fresh_wandb
+):
+    """`cnnlab-seeds one` as a W&B agent runs it, W&B offline (no credentials)."""
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setattr(sys, "argv", ["cnnlab-seeds"])
+    args = [
+        "--config",
+        CLASSIFIER,
+        *tiny(mnist_root),
+        "--experiment=group-xyz",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    assert main(["one", *args, "--seed_everything=3"]) == 0  # as `wandb agent` runs configs/sweeps/*.yaml
+    (summary_path,) = (tmp_path / "group-xyz").glob("*-seed3/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["seed"] == 3 and "test/acc" in summary["metrics"]
+    logger = summary["config"]["trainer"]["logger"]["init_args"]
+    assert (logger["group"], logger["job_type"]) == ("group-xyz", "seed")
+    assert logger["tags"] == ["cnnlab-seeds", "mnist_classifier"]
+    (offline,) = summary_path.parent.glob("wandb/offline-run-*")
+    assert summary["wandb"]["id"] in offline.name
+    record = next(offline.glob("*.wandb")).read_bytes()  # protobuf records: strings appear verbatim
+    assert b"group-xyz" in record and b"cnnlab-seeds" in record
+    assert b"git_commit" in record and summary["git_commit"].encode() in record
+
+
+@pytest.mark.parametrize("name", ["seeds.yaml", "seeds_noaug.yaml"])
+def test_wandb_sweep_configs_run_one_seed_of_an_experiment_per_agent_job(name):
+    import yaml
+
+    sweep = yaml.safe_load((ROOT / "configs" / "sweeps" / name).read_text())
+    assert sweep["parameters"]["seed_everything"]["values"] == list(range(100))
+    command = sweep["command"]
+    assert command[2:5] == ["-m", "cnnlab.seeds", "one"] and command[-1] == "${args}"
+    config = next(c.split("=", 1)[1] for c in command if c.startswith("--config="))
+    assert (ROOT / config).is_file()
+    assert f"--experiment={sweep['name']}" in command
+
+
+def test_one_seed_without_an_explicit_seed_is_refused(capsys):
+    assert main(["one", "--config", CLASSIFIER]) == 2
+    assert "explicit integer model seed" in capsys.readouterr().err
