@@ -2,8 +2,8 @@
 fit and test, next to the training epoch they ride on. Optionally copies the figures into docs/.
 
 Part 1: configs/mnist_classifier.yaml as it ships (FilterAndFeatureMaps, LossHistogram), fit + test.
-Part 2: the latent callbacks on a small conv autoencoder (the test suite's TinyAutoEncoder, which
-implements the latent protocol), fit + test; plus one t-SNE scatter of the same codes.
+Part 2: configs/mnist_ae.yaml (the AutoEncoder with LatentSpaceScatter and LatentInterpolationGIF,
+here every epoch), fit + test; plus one t-SNE scatter of the same codes.
 
     python benchmarks/callback_cost.py [--epochs 2] [--ae-epochs 3] [--docs docs/figures]
 """
@@ -17,19 +17,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
 from _shared_data import machine, real_mnist_root
-from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch import Callback
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # TinyAutoEncoder lives with the tests
-
-from tiny_autoencoder import TinyAutoEncoder  # noqa: E402
-
-from callbacks import FilterAndFeatureMaps, LatentInterpolationGIF, LatentSpaceScatter, LossHistogram  # noqa: E402
-from cnnlab.cli import CnnlabCLI  # noqa: E402
-from datamodules import MNISTDataModule  # noqa: E402
+from callbacks import FilterAndFeatureMaps, LatentInterpolationGIF, LatentSpaceScatter, LossHistogram
+from cnnlab.cli import CnnlabCLI
 
 HOOKS = (
     "on_train_start",
@@ -89,11 +81,13 @@ def report(title: str, totals: dict, epochs: list[float]) -> None:
         print(f"{name:24} all hooks, whole run: {seconds:.2f} s")
 
 
-def classifier_part(root: str, epochs: int, out: Path) -> Path:
+def fit_and_test(config: str, root: str, epochs: int, out: Path, every_epoch: tuple = ()) -> tuple[CnnlabCLI, dict]:
+    """Fit and test a shipped config with the figure callbacks' hooks timed; `every_epoch`: callback
+    types to switch to every epoch (as a user watching them would)."""
     sys.argv = ["train.py"]
     cli = CnnlabCLI(
         args=[
-            "--config=configs/mnist_classifier.yaml",
+            f"--config=configs/{config}",
             "--config=configs/logger/csv.yaml",
             f"--data.data_dir={root}",
             f"--trainer.max_epochs={epochs}",
@@ -103,6 +97,9 @@ def classifier_part(root: str, epochs: int, out: Path) -> Path:
         ],
         run=False,
     )
+    for callback in cli.trainer.callbacks:
+        if isinstance(callback, every_epoch):
+            callback.every_n_epochs = 1
     totals: dict = defaultdict(list)
     timer = EpochTimer()
     cli.trainer.callbacks.append(timer)
@@ -110,35 +107,23 @@ def classifier_part(root: str, epochs: int, out: Path) -> Path:
     cli.trainer.fit(cli.model, cli.datamodule)
     cli.trainer.test(cli.model, cli.datamodule, verbose=False)
     metrics = {k: round(float(v), 4) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
-    report(f"mnist_classifier.yaml, {epochs} epochs, test {metrics}", totals, timer.seconds)
+    report(f"{config}, {epochs} epochs, test {metrics}", totals, timer.seconds)
+    return cli, metrics
+
+
+def classifier_part(root: str, epochs: int, out: Path) -> Path:
+    cli, _ = fit_and_test("mnist_classifier.yaml", root, epochs, out)
     return Path(cli.trainer.default_root_dir)
 
 
-def autoencoder_part(root: str, epochs: int, out: Path) -> tuple[Path, Trainer, TinyAutoEncoder]:
-    torch.manual_seed(0)
-    dm = MNISTDataModule(data_dir=root, batch_size=128, augment=False)
-    model = TinyAutoEncoder(latent_dim=16)
-    timer = EpochTimer()
-    callbacks = [LatentSpaceScatter(), LatentInterpolationGIF(), timer]
-    totals: dict = defaultdict(list)
-    time_hooks(callbacks, totals)
-    trainer = Trainer(
-        max_epochs=epochs,
-        logger=CSVLogger(out, name="", version=""),
-        default_root_dir=out,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, dm)
-    trainer.test(model, dm, verbose=False)
-    report(f"TinyAutoEncoder (latent_dim 16), {epochs} epochs", totals, timer.seconds)
+def autoencoder_part(root: str, epochs: int, out: Path) -> Path:
+    latent = (LatentSpaceScatter, LatentInterpolationGIF)
+    cli, _ = fit_and_test("mnist_ae.yaml", root, epochs, out, every_epoch=latent)
     tsne = LatentSpaceScatter(projection="tsne")
     start = time.perf_counter()
-    tsne.draw(trainer, model, "val", tag="tsne", title=f"after epoch {epochs}")
+    tsne.draw(cli.trainer, cli.model, "val", tag="tsne", title=f"after epoch {epochs}")
     print(f"LatentSpaceScatter(projection='tsne'), 1000 codes: {time.perf_counter() - start:.1f} s per call")
-    return out, trainer, model
+    return Path(cli.trainer.default_root_dir)
 
 
 def copy_figures(classifier: Path, autoencoder: Path, docs: Path) -> None:
@@ -173,7 +158,7 @@ def main() -> None:
     root = real_mnist_root()
     out = Path(tempfile.mkdtemp(prefix="cnnlab-callback-cost-"))
     classifier = classifier_part(root, args.epochs, out / "classifier")
-    autoencoder, _, _ = autoencoder_part(root, args.ae_epochs, out / "autoencoder")
+    autoencoder = autoencoder_part(root, args.ae_epochs, out / "autoencoder")
     if args.docs:
         copy_figures(classifier, autoencoder, args.docs)
 
