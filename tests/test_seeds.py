@@ -57,13 +57,16 @@ def records(sweep_dir: Path) -> dict[int, SeedRecord]:
         return {r.seed: r for r in registry.records()}
 
 
-def wait_for(condition, what: str, deadline_s: float = 300.0) -> None:
+def wait_for(condition, what: str, deadline_s: float = 600.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `condition`; fail at once, with its stderr, if the launcher `proc` exits first."""
     end = time.time() + deadline_s
     while time.time() < end:
         if condition():
             return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the launcher exited ({proc.returncode}) before {what}:\n{proc.stderr.read()}")
         time.sleep(0.3)
-    raise AssertionError(f"gave up waiting for {what}")
+    raise AssertionError(f"gave up waiting for {what} after {deadline_s:.0f} s")
 
 
 def alive(pid: int) -> bool:
@@ -81,6 +84,9 @@ def launcher_process(args: list[str]) -> subprocess.Popen:
         [sys.executable, "-m", "cnnlab.seeds", *args],
         cwd=ROOT,
         env=env,
+        # As in a terminal's foreground: SIGINT is Ctrl-C even where pytest itself runs in a
+        # background job (`cmd &` in a script), which starts with SIGINT ignored and passes that on.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -367,7 +373,7 @@ def sweep20(tmp_path_factory, mnist_root):
 
     # 1. Ctrl-C: the launcher stops its workers and records the running seeds as interrupted
     proc = launcher_process(args)
-    wait_for(lambda: len(finished()) >= 3, "3 finished seeds")
+    wait_for(lambda: len(finished()) >= 3, "3 finished seeds", proc=proc)
     workers = {r.worker for r in records(folder).values() if r.worker}
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -377,7 +383,11 @@ def sweep20(tmp_path_factory, mnist_root):
 
     # 2. SIGKILL: nothing is recorded at all; the orphaned workers must notice and stop
     proc = launcher_process(args)
-    wait_for(lambda: len(finished()) >= len([r for r in after_ctrl_c.values() if r.status == "finished"]) + 3, "3 more")
+    wait_for(
+        lambda: len(finished()) >= len([r for r in after_ctrl_c.values() if r.status == "finished"]) + 3,
+        "3 more",
+        proc=proc,
+    )
     proc.kill()
     proc.wait()
     before_kill = finished()
