@@ -89,6 +89,11 @@ def test_autoencoder_fit_test_predict_end_to_end(run_cli, mnist_root, tmp_path):
     assert (run / "predict" / "figures" / "reconstructions" / "predict.png").is_file()
     assert not (run / "predict" / "figures" / "samples").exists()  # an AE has no prior to sample
     assert AutoEncoder.load_from_checkpoint(run / "checkpoints" / "best.ckpt").latent_dim == 4
+    # the config's latent-space figures: before training, after the epoch, and at test
+    assert (run / "figures" / "latent_scatter" / "before-training.png").is_file()
+    assert sorted(p.name for p in (run / "figures" / "latent_interpolation").glob("*.gif"))
+    assert (run / "test" / "figures" / "latent_scatter" / "test.png").is_file()
+    assert (run / "test" / "figures" / "latent_interpolation" / "test.gif").is_file()
 
 
 def test_anomaly_run_trains_on_normal_digits_and_scores_all(run_cli, mnist_root, tmp_path):
@@ -98,6 +103,11 @@ def test_anomaly_run_trains_on_normal_digits_and_scores_all(run_cli, mnist_root,
     saved = torch.load(only_run(tmp_path, "mnist_anomaly_ae") / "predict" / "predictions.pt")
     assert len(saved["label"]) == MNIST_TEST and set(saved["label"].tolist()) == set(range(10))
     assert torch.equal(saved["is_anomaly"], saved["label"] != 3)
+    # test: the config's LossHistogram ranks every anomaly score against the labels
+    run_cli("test", [*args, "--ckpt_path=best"])
+    metrics = metrics_of(only_run(tmp_path, "mnist_anomaly_ae"))
+    for score in ("loss", "latent_distance", "combined"):
+        assert 0.0 <= metrics[f"test/{score}_auroc"] <= 1.0
 
 
 def test_bce_on_standardised_pixels_is_refused_with_the_fix(run_cli, mnist_root, tmp_path, capsys):
