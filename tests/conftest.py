@@ -123,15 +123,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def tiny_args(mnist_root, tmp_path) -> list[str]:
-    """A shrunk mnist_classifier.yaml: tiny data, one epoch, CSV logger, runs under tmp_path."""
+def tiny_cli_args(config: str, data_root, runs_dir, *extra: str) -> list[str]:
+    """CLI arguments that shrink a shipped config: tiny data, one epoch on the CPU, CSV logger, runs
+    under `runs_dir`; `extra` last, so it overrides."""
     return [
-        "--config",
-        str(ROOT / "configs" / "mnist_classifier.yaml"),
-        "--config",
-        str(ROOT / "configs" / "logger" / "csv.yaml"),
-        f"--data.data_dir={mnist_root}",
+        "--config", str(ROOT / "configs" / f"{config}.yaml"),
+        "--config", str(ROOT / "configs" / "logger" / "csv.yaml"),
+        f"--data.data_dir={data_root}",
         "--data.val_size=100",
         "--data.batch_size=50",
         "--trainer.max_epochs=1",
@@ -139,8 +137,15 @@ def tiny_args(mnist_root, tmp_path) -> list[str]:
         "--trainer.devices=1",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
-        f"--trainer.default_root_dir={tmp_path / 'runs'}",
-    ]
+        f"--trainer.default_root_dir={runs_dir}",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def tiny_args(mnist_root, tmp_path) -> list[str]:
+    """A shrunk mnist_classifier.yaml: tiny data, one epoch, CSV logger, runs under tmp_path."""
+    return tiny_cli_args("mnist_classifier", mnist_root, tmp_path / "runs")
 
 
 @pytest.fixture

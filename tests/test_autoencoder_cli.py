@@ -7,7 +7,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
-from conftest import MNIST_TEST, ROOT
+from conftest import MNIST_TEST, tiny_cli_args
 
 from lightning_modules import VAE, AutoEncoder
 
@@ -17,21 +17,7 @@ TINY_MODEL = ["--model.channels=[8, 16]", "--model.latent_dim=4"]
 
 
 def args_for(config: str, data_root: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        "--config", str(ROOT / "configs" / f"{config}.yaml"),
-        "--config", str(ROOT / "configs" / "logger" / "csv.yaml"),
-        f"--data.data_dir={data_root}",
-        "--data.val_size=100",
-        "--data.batch_size=50",
-        "--trainer.max_epochs=1",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.default_root_dir={tmp_path / 'runs'}",
-        *TINY_MODEL,
-        *extra,
-    ]  # fmt: skip
+    return tiny_cli_args(config, data_root, tmp_path / "runs", *TINY_MODEL, *extra)
 
 
 def only_run(tmp_path: Path, experiment: str) -> Path:
