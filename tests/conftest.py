@@ -116,11 +116,19 @@ def shared_mnist_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def one_thread():
     """Torch on one thread for the test: tiny tensors gain nothing from a second one, and on a busy
-    machine each op of a multi-threaded step can stall at the OpenMP barrier for a time slice."""
+    machine each op of a multi-threaded step can stall at the OpenMP barrier for a time slice (a
+    tiny VAE's forward pass took 10x the CPU time with 2 threads on the busy 2-core machine)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def only_run(tmp_path, experiment: str = "mnist_classifier"):
+    """The one run directory of `experiment` under tmp_path/runs."""
+    runs = sorted((tmp_path / "runs" / experiment).iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
 
 
 def tiny_cli_args(config: str, data_root, runs_dir, *extra: str) -> list[str]:
@@ -146,16 +154,6 @@ def tiny_cli_args(config: str, data_root, runs_dir, *extra: str) -> list[str]:
 def tiny_args(mnist_root, tmp_path) -> list[str]:
     """A shrunk mnist_classifier.yaml: tiny data, one epoch, CSV logger, runs under tmp_path."""
     return tiny_cli_args("mnist_classifier", mnist_root, tmp_path / "runs")
-
-
-@pytest.fixture
-def single_thread():
-    """One intra-op thread for tiny models: they gain nothing from more, and on a busy 2-core machine
-    OpenMP's spin-waiting made a tiny VAE's forward pass 10x slower in CPU time with 2 threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from lightning_modules.gaussian_fit import GaussianFit
 from lightning_modules.vae import kl_divergence, reparameterize
 from networks.autoencoder import ConvDecoder, ConvEncoder
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = {"channels": (8, 16), "latent_dim": 4}
 

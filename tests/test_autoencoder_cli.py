@@ -7,22 +7,17 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
-from conftest import MNIST_TEST, tiny_cli_args
+from conftest import MNIST_TEST, only_run, tiny_cli_args
 
 from lightning_modules import VAE, AutoEncoder
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_MODEL = ["--model.channels=[8, 16]", "--model.latent_dim=4"]
 
 
 def args_for(config: str, data_root: Path, tmp_path: Path, *extra: str) -> list[str]:
     return tiny_cli_args(config, data_root, tmp_path / "runs", *TINY_MODEL, *extra)
-
-
-def only_run(tmp_path: Path, experiment: str) -> Path:
-    (run,) = (tmp_path / "runs" / experiment).iterdir()
-    return run
 
 
 def metrics_of(run: Path) -> dict:

@@ -12,13 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import MNIST_TEST, MNIST_TRAIN, ROOT
-
-
-def only_run(tmp_path: Path, experiment: str = "mnist_classifier") -> Path:
-    runs = sorted((tmp_path / "runs" / experiment).iterdir())
-    assert len(runs) == 1, runs
-    return runs[0]
+from conftest import MNIST_TEST, MNIST_TRAIN, ROOT, only_run
 
 
 def summary_of(run: Path) -> dict:

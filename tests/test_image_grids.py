@@ -13,7 +13,7 @@ from callbacks import ReconstructionGrid, SampleGrid
 from callbacks.eval_mode import eval_mode
 from lightning_modules import VAE, AutoEncoder
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = {"channels": (8, 16), "latent_dim": 4}
 

@@ -2,12 +2,11 @@
 denoising configs on MNIST and CIFAR-10."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, only_run
 from PIL import Image
 
 from lightning_modules.unet import iou_and_dice
@@ -23,11 +22,6 @@ COMMON = [
 ]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def only_run(tmp_path: Path, experiment: str) -> Path:
-    (run,) = (tmp_path / "runs" / experiment).iterdir()
-    return run
 
 
 def test_segmentation_fit_test_predict_writes_metrics_figures_and_mask_pngs(run_cli, mnist_root, tmp_path):
