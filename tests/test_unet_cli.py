@@ -6,30 +6,22 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, only_run
+from conftest import only_run, tiny_cli_args
 from PIL import Image
 
 from lightning_modules.unet import iou_and_dice
 
-COMMON = [
-    "--config",
-    str(ROOT / "configs" / "logger" / "csv.yaml"),
-    "--model.depth=2",
-    "--model.base_channels=4",
-    "--trainer.max_epochs=1",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
+TINY_UNET = ["--model.depth=2", "--model.base_channels=4"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_segmentation_fit_test_predict_writes_metrics_figures_and_mask_pngs(run_cli, mnist_root, tmp_path):
-    args = [
-        "--config",
-        str(ROOT / "configs" / "mnist_unet_segmentation.yaml"),
-        *COMMON,
-        f"--data.data_dir={mnist_root}",
+    args = tiny_cli_args(
+        "mnist_unet_segmentation",
+        mnist_root,
+        tmp_path / "runs",
+        *TINY_UNET,
         "--data.val_size=100",
         "--data.canvas_size=32",
         "--data.max_scale=1.0",
@@ -37,8 +29,7 @@ def test_segmentation_fit_test_predict_writes_metrics_figures_and_mask_pngs(run_
         "--data.val_scenes=16",
         "--data.test_scenes=20",
         "--data.batch_size=16",
-        f"--trainer.default_root_dir={tmp_path / 'runs'}",
-    ]
+    )
     run_cli("fit", args)
     run = only_run(tmp_path, "mnist_unet_segmentation")
     summary = json.loads((run / "summary.json").read_text())
@@ -69,16 +60,15 @@ def test_segmentation_fit_test_predict_writes_metrics_figures_and_mask_pngs(run_
 
 
 def test_mnist_denoising_config_logs_psnr_ssim_and_the_noisy_psnr(run_cli, mnist_root, tmp_path):
-    args = [
-        "--config",
-        str(ROOT / "configs" / "mnist_unet_denoise.yaml"),
-        *COMMON,
-        f"--data.data_dir={mnist_root}",
+    args = tiny_cli_args(
+        "mnist_unet_denoise",
+        mnist_root,
+        tmp_path / "runs",
+        *TINY_UNET,
         "--data.val_size=100",
         "--data.max_train_samples=100",
         "--data.batch_size=25",
-        f"--trainer.default_root_dir={tmp_path / 'runs'}",
-    ]
+    )
     run_cli("fit", args)
     run_cli("test", [*args, "--ckpt_path=best"])
     run = only_run(tmp_path, "mnist_unet_denoise")
@@ -92,15 +82,14 @@ def test_mnist_denoising_config_logs_psnr_ssim_and_the_noisy_psnr(run_cli, mnist
 
 
 def test_cifar10_denoising_config_runs_on_colour_images(run_cli, cifar_root, tmp_path):
-    args = [
-        "--config",
-        str(ROOT / "configs" / "cifar10_unet_denoise.yaml"),
-        *COMMON,
-        f"--data.data_dir={cifar_root}",
+    args = tiny_cli_args(
+        "cifar10_unet_denoise",
+        cifar_root,
+        tmp_path / "runs",
+        *TINY_UNET,
         "--data.val_size=50",
         "--data.batch_size=25",
-        f"--trainer.default_root_dir={tmp_path / 'runs'}",
-    ]
+    )
     run_cli("fit", args)
     summary = json.loads((only_run(tmp_path, "cifar10_unet_denoise") / "summary.json").read_text())
     assert summary["config"]["model"]["init_args"]["image_shape"] == [3, 32, 32]
