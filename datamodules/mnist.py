@@ -6,7 +6,9 @@ a mirrored 2, 6 or 7 is not a digit. `binarize` gives the literature's dynamical
 
 import gzip
 import math
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -131,16 +133,23 @@ class MNISTDataModule(ImageDataModule):
             target, packed = self.raw_folder / name, self.raw_folder / f"{name}.gz"
             if target.is_file() or not packed.is_file():
                 continue
-            try:
-                with gzip.open(packed, "rb") as src, open(target.with_suffix(".part"), "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-            except (OSError, EOFError) as err:
-                target.with_suffix(".part").unlink(missing_ok=True)
-                raise CnnlabError(
-                    f"{packed} is corrupt or truncated ({err}). Replace it with a good copy of MNIST's "
-                    f"{packed.name}, or delete it to let torchvision download it."
-                ) from None
-            target.with_suffix(".part").rename(target)
+            # A part file of this call's own: seed workers or DDP ranks may unpack the same folder at
+            # once, and the first to finish puts the file in place (os.replace is atomic).
+            with tempfile.NamedTemporaryFile(
+                dir=self.raw_folder, prefix=f"{name}.", suffix=".part", delete=False
+            ) as dst:
+                part = Path(dst.name)
+                try:
+                    with gzip.open(packed, "rb") as src:
+                        shutil.copyfileobj(src, dst)
+                except (OSError, EOFError) as err:
+                    dst.close()
+                    part.unlink(missing_ok=True)
+                    raise CnnlabError(
+                        f"{packed} is corrupt or truncated ({err}). Replace it with a good copy of MNIST's "
+                        f"{packed.name}, or delete it to let torchvision download it."
+                    ) from None
+            os.replace(part, target)
 
     def _missing_error(self, reason: str) -> CnnlabError:
         return CnnlabError(

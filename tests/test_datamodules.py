@@ -41,6 +41,39 @@ def test_mnist_unpacks_gzipped_raw_files(tmp_path):
     assert len(dm.splits["train"]) == MNIST_TRAIN - 100
 
 
+def test_mnist_unpacking_survives_another_process_unpacking_the_same_folder(tmp_path, monkeypatch):
+    """Seed workers or DDP ranks on a fresh data folder unpack it at once: here a second unpack of
+    the same folder runs (and finishes) in the middle of the first one's copy."""
+    import shutil
+
+    root = make_mnist(tmp_path, compress=True)
+    copy = shutil.copyfileobj
+    interrupted = []
+
+    def copy_while_another_unpacks(src, dst, *args):
+        if not interrupted:
+            interrupted.append(True)
+            MNISTDataModule(data_dir=str(root), download=False)._unpack_gzipped()
+        copy(src, dst, *args)
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_while_another_unpacks)
+    dm = MNISTDataModule(data_dir=str(root), val_size=100, download=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert interrupted and len(dm.splits["train"]) == MNIST_TRAIN - 100
+    assert not list((root / "MNIST" / "raw").glob("*.part"))
+
+
+def test_corrupt_gzipped_mnist_is_named_and_leaves_no_part_file(tmp_path):
+    root = make_mnist(tmp_path, compress=True)
+    packed = root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    packed.write_bytes(packed.read_bytes()[:200])
+    dm = MNISTDataModule(data_dir=str(root), download=False)
+    with pytest.raises(CnnlabError, match="train-images-idx3-ubyte.gz is corrupt or truncated"):
+        dm.prepare_data()
+    assert not list((root / "MNIST" / "raw").glob("*.part"))
+
+
 def test_cifar10_loads_pickled_batches_through_torchvision(cifar_root):
     dm = CIFAR10DataModule(data_dir=str(cifar_root), val_size=50, batch_size=16)
     dm.prepare_data()
