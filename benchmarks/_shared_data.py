@@ -1,11 +1,15 @@
 """The real MNIST of ../shared/data/mnist in torchvision's layout, for benchmarks (read-only source:
-the .gz files are linked into a temporary root; cnnlab unpacks them there)."""
+the .gz files are linked into a temporary root; cnnlab unpacks them there). CNNLAB_MNIST_DIR names
+another folder holding the same four .gz files (a copy carried to a GPU machine, say)."""
 
+import os
 import sys
 import tempfile
 from pathlib import Path
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+SHARED_MNIST = Path(
+    os.environ.get("CNNLAB_MNIST_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+)
 
 
 def real_mnist_root() -> str:
@@ -20,7 +24,6 @@ def real_mnist_root() -> str:
 
 
 def machine() -> str:
-    import os
     import platform
 
     import torch

@@ -8,9 +8,11 @@ the noisy input's PSNR (the gain is the difference). Both print CPU and wall sec
 
     python benchmarks/unet_quality.py segmentation [--epochs 8] [--train-scenes 8000] [--base-channels 8]
     python benchmarks/unet_quality.py denoise [--epochs 3] [--noise gaussian] [--noise-level 0.5]
+    (any of them: [--accelerator gpu] [--precision bf16-mixed] [-- more train.py options])
 """
 
 import argparse
+import csv
 import json
 import sys
 import tempfile
@@ -42,8 +44,11 @@ def main_benchmark() -> None:
     parser.add_argument("--noise", default=None, help="denoise: gaussian or salt_and_pepper; default: the config's")
     parser.add_argument("--noise-level", type=float, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--accelerator", default="cpu", help="cpu or gpu")
+    parser.add_argument("--precision", default="32-true", help="e.g. bf16-mixed on a GPU")
     parser.add_argument("--seed", type=int, default=1234)
     opts, extra = parser.parse_known_args()  # the rest go to train.py, e.g. --model.dice_weight=1
+    extra = [arg for arg in extra if arg != "--"]
     command = " ".join(sys.argv)
     torch.set_num_threads(opts.threads)
 
@@ -54,7 +59,8 @@ def main_benchmark() -> None:
         f"--config={ROOT / 'configs' / 'logger' / 'csv.yaml'}",
         f"--data.data_dir={real_mnist_root()}",
         "--data.download=false",
-        "--trainer.accelerator=cpu",
+        f"--trainer.accelerator={opts.accelerator}",
+        f"--trainer.precision={opts.precision}",
         "--trainer.devices=1",
         "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={out}",
@@ -98,7 +104,10 @@ def main_benchmark() -> None:
         f"model: depth {init['depth']}, base_channels {init['base_channels']}, {init['upsampling']} "
         f"({params:,} parameters); {epochs} epochs; best checkpoint by {summary['monitor']}"
     )
-    print(f"fit: {fit_cpu / epochs:.0f} CPU s and {fit_wall / epochs:.0f} wall s per epoch (setup included)")
+    print(
+        f"fit on {opts.accelerator} ({opts.precision}): {fit_cpu / epochs:.1f} CPU s and "
+        f"{fit_wall / epochs:.1f} wall s per epoch (setup included)"
+    )
     if opts.task == "segmentation":
         print(
             f"scenes: {data['train_scenes']} train / {data['val_scenes']} val / {data['test_scenes']} test, "
@@ -118,6 +127,11 @@ def main_benchmark() -> None:
             f"test PSNR {metrics['test/psnr']:.2f} dB (noisy input {metrics['test/psnr_noisy']:.2f} dB, "
             f"gain {gain:+.2f} dB), SSIM {metrics['test/ssim']:.4f}"
         )
+    monitor = summary["monitor"]
+    for metrics_csv in Path(summary["run_dir"]).rglob("metrics.csv"):
+        with open(metrics_csv) as handle:
+            values = [row[monitor] for row in csv.DictReader(handle) if row.get(monitor)]
+        print(f"{monitor} by epoch: {', '.join(f'{float(v):.3f}' for v in values)}")
     print(f"run directory: {summary['run_dir']}")
 
 
