@@ -1,6 +1,7 @@
 """One training epoch of the MNIST classifier through cnnlab's Trainer against a hand-written PyTorch
 loop over the same in-memory tensors: same network, optimizer, one-cycle schedule, batch size, steps,
-augmentation and device. Runs alternate (loop, cnnlab, loop, cnnlab, ...) so drift hits both alike.
+augmentation and device; the config's figure callbacks left out (callback_cost.py measures them). Runs
+alternate (loop, cnnlab, loop, cnnlab, ...) so drift hits both alike.
 
     python benchmarks/trainer_overhead.py [--steps 200] [--repeats 3] [--device cpu|cuda]
 """
@@ -42,6 +43,7 @@ def build(root: str, steps: int, device: str, precision: str):
             f"--trainer.limit_train_batches={steps}",
             "--trainer.limit_val_batches=0",
             "--trainer.num_sanity_val_steps=0",
+            "--trainer.callbacks=[]",  # the config's figure callbacks: measured in callback_cost.py
             f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
             "--trainer.devices=1",
             f"--trainer.precision={precision}",

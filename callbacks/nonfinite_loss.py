@@ -9,24 +9,127 @@ from typing_extensions import override
 
 from cnnlab.errors import CnnlabError
 
+NO_BAD_STEP = -1.0
+
 
 class NonFiniteLossGuard(Callback):
     """Raise CnnlabError (step, value, last good checkpoint) when the training loss is NaN or inf.
 
-    Raising skips every later checkpoint save, so `last.ckpt` stays the last good state. Under
-    DDP the ranks agree first, so all of them stop together instead of one hanging the others.
+    Raising skips every later checkpoint save, so `last.ckpt` stays the last good state.
+
+    On the CPU each step's loss is checked at once. On a GPU, reading the loss back at every step
+    would make the CPU wait for the GPU each step, so it could no longer queue the next step while
+    the GPU runs this one (on an H200 that wait was a large part of a small CNN's step). There the
+    guard notes the first bad step on the device, reads that note back without waiting (a step or
+    two later), and waits for it only before a checkpoint is written, before validation and when
+    training ends: the run may train a step or two past the bad one, but still stops before any
+    checkpoint of it exists. Under DDP the ranks agree at those same points (one collective there,
+    none per step), so all of them stop together instead of one hanging the others.
+
+    Args:
+        blocking: Check every step at once (True), or as above (False). Default: at once on the CPU,
+            as above on any other device.
     """
+
+    def __init__(self, blocking: bool | None = None) -> None:
+        self.blocking = blocking
+        self._first: torch.Tensor | None = None  # on the device: [step, epoch, batch, loss] of the first bad step
+        self._pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
+
+    @override
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._first, self._pending = None, None
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if not isinstance(loss, torch.Tensor):
             return
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        if trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if not bad:
+        # one number, NaN or inf if any element is; float64 keeps step numbers exact (MPS has none)
+        value = loss.detach().to(torch.float32 if loss.device.type == "mps" else torch.float64).sum()
+        blocking = self.blocking if self.blocking is not None else value.device.type == "cpu"
+        if blocking:
+            bad = not bool(torch.isfinite(value))
+            if trainer.world_size > 1:
+                bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+            if bad:
+                self._raise(trainer, (trainer.global_step, trainer.current_epoch, batch_idx, float(value)))
             return
+        self._note(trainer, value, batch_idx)
+        self._poll(trainer)
+
+    # -- the non-blocking check --------------------------------------------------------------
+
+    def _note(self, trainer, value: torch.Tensor, batch_idx: int) -> None:
+        """Keep [step, epoch, batch, loss] of the first non-finite loss on the device: only kernels
+        are queued here, nothing waits for the GPU."""
+        if self._first is None:
+            self._first = torch.full((4,), NO_BAD_STEP, dtype=value.dtype, device=value.device)
+        fresh = ~torch.isfinite(value) & (self._first[0] == NO_BAD_STEP)
+        record = torch.stack(
+            [
+                torch.full_like(value, trainer.global_step),
+                torch.full_like(value, trainer.current_epoch),
+                torch.full_like(value, batch_idx),
+                value,
+            ]
+        )
+        self._first = torch.where(fresh, record, self._first)
+
+    def _poll(self, trainer) -> None:
+        """Read the copy started at an earlier step if it has arrived, then start the next one."""
+        if self._pending is not None:
+            host, arrived = self._pending
+            if arrived is not None and not arrived.query():
+                return
+            self._pending = None
+            if trainer.world_size == 1 and host[0] != NO_BAD_STEP:  # under DDP: at the agreed points only
+                self._raise(trainer, tuple(host.tolist()))
+        cuda = self._first.device.type == "cuda"
+        host = torch.empty(4, dtype=self._first.dtype, pin_memory=cuda)
+        host.copy_(self._first, non_blocking=cuda)
+        arrived = None
+        if cuda:
+            arrived = torch.cuda.Event()
+            arrived.record()
+        self._pending = (host, arrived)
+
+    def _check_now(self, trainer) -> None:
+        """Wait for the device's note (and the other ranks'), and raise if any step went bad."""
+        if self._first is None:  # checked at every step (or no step yet): the same on every rank
+            return
+        first = self._first.cpu()
+        bad = bool(first[0] != NO_BAD_STEP)
+        if trainer.world_size > 1:
+            if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+                return
+        elif not bad:
+            return
+        self._raise(trainer, tuple(first.tolist()) if bad else None)
+
+    @override
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        # Called while the checkpoint is put together, before it is written: raising here writes nothing.
+        if trainer.state.fn == "fit":
+            self._check_now(trainer)
+
+    @override
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._check_now(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check_now(trainer)
+
+    @override
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._check_now(trainer)
+
+    # -- the error -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _raise(trainer, first: tuple[float, float, float, float] | None) -> None:
         checkpoint = trainer.checkpoint_callback
         last = Path(checkpoint.dirpath or "", "last.ckpt") if checkpoint is not None else None
         kept = (
@@ -34,9 +137,12 @@ class NonFiniteLossGuard(Callback):
             if last is not None and last.is_file()
             else "No checkpoint had been written yet"
         )
+        where = (
+            f"became {first[3]} at step {int(first[0])} (epoch {int(first[1])}, batch {int(first[2])})"
+            if first is not None
+            else f"became non-finite on another process by step {trainer.global_step}"
+        )
         raise CnnlabError(
-            f"The training loss became {loss.detach().float().item()} at step {trainer.global_step} "
-            f"(epoch {trainer.current_epoch}, batch {batch_idx}), so the run stopped. {kept}. Lower the "
-            "learning rate, add gradient clipping (--trainer.gradient_clip_val 1.0), or check the data "
-            "for bad values."
+            f"The training loss {where}, so the run stopped. {kept}. Lower the learning rate, add gradient "
+            "clipping (--trainer.gradient_clip_val 1.0), or check the data for bad values."
         )

@@ -69,7 +69,7 @@ def test_corrupt_gzipped_mnist_is_named_and_leaves_no_part_file(tmp_path):
     packed = root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     packed.write_bytes(packed.read_bytes()[:200])
     dm = MNISTDataModule(data_dir=str(root), download=False)
-    with pytest.raises(CnnlabError, match="train-images-idx3-ubyte.gz is corrupt or truncated"):
+    with pytest.raises(CnnlabError, match=r"train-images-idx3-ubyte\.gz is corrupt or truncated"):
         dm.prepare_data()
     assert not list((root / "MNIST" / "raw").glob("*.part"))
 
