@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of benchmarks/README.md in one command, for a lent GPU machine whose time is
 # short (a single call, each part under its own time limit, everything written under $OUT):
-#   1. training throughput of the CNN, VAE and UNet in 32-true, 16-mixed and bf16-mixed
+#   1. tests/test_gpu.py (skipped without a GPU elsewhere), training throughput of the CNN, VAE and UNet in 32-true, 16-mixed and bf16-mixed
 #      (gpu_throughput.py), the Trainer against a hand-written loop (trainer_overhead.py), and a
 #      short fit through configs/trainer/ddp.yaml (NCCL; one GPU: the code path, not a speed-up);
 #   2. at once, sharing the GPU (so their times are not speed figures): four UNet segmentation variants
@@ -47,8 +47,12 @@ log "accelerator $ACC; quick $QUICK; work $WORK"
 } 2>&1 | tee -a "$OUT/suite.log"
 $PY -c "import cnnlab.cli" || { log "cnnlab does not import: stopping"; exit 1; }
 
-# ---- 1. speed, alone on the machine
+# ---- 1. the GPU tests, then speed, alone on the machine
 if [[ $PHASES == *1* ]]; then
+log "GPU tests"
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$WORK/gpu_tests.txt" 2>&1
+log "GPU tests exit $?"
+tail -3 "$WORK/gpu_tests.txt" | tee -a "$OUT/suite.log"
 log "throughput"
 timeout 150 $PY benchmarks/gpu_throughput.py --accelerator $ACC $STEPS >"$OUT/throughput.txt" 2>&1
 log "throughput exit $?"

@@ -30,7 +30,7 @@ class GoesBad(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def fit(tmp_path, guard: NonFiniteLossGuard, bad_batch: int, every_n_train_steps: int | None = None):
+def fit(tmp_path, guard: NonFiniteLossGuard, bad_batch: int, every_n_train_steps: int | None = None, accelerator="cpu"):
     data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=every_n_train_steps)
     trainer = pl.Trainer(
@@ -40,7 +40,8 @@ def fit(tmp_path, guard: NonFiniteLossGuard, bad_batch: int, every_n_train_steps
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        accelerator="cpu",
+        accelerator=accelerator,
+        devices=1,
     )
     model = GoesBad(bad_batch)
     with pytest.raises(CnnlabError) as info:
