@@ -2,8 +2,9 @@
 # Every GPU measurement of benchmarks/README.md in one command, for a lent GPU machine whose time is
 # short (a single call, each part under its own time limit, everything written under $OUT):
 #   1. tests/test_gpu.py (skipped elsewhere); training throughput of the CNN, VAE and UNet in
-#      32-true, 16-mixed and bf16-mixed (gpu_throughput.py), the Trainer against a hand-written loop (trainer_overhead.py), and a
-#      short fit through configs/trainer/ddp.yaml (NCCL; one GPU: the code path, not a speed-up);
+#      32-true, 16-mixed and bf16-mixed (gpu_throughput.py), the Trainer against a hand-written
+#      loop (trainer_overhead.py), and a short fit through configs/trainer/ddp.yaml (NCCL; one
+#      GPU: the code path, not a speed-up);
 #   2. at once, sharing the GPU (so their times are not speed figures): four UNet segmentation variants
 #      for the mean-IoU aim (unet_quality.py) and the main job, mnist_classifier.yaml with the
 #      gpu_amp.yaml preset, over several seeds through cnnlab-seeds (test accuracy distribution), and
