@@ -16,7 +16,7 @@ import sys
 import time
 import warnings
 from datetime import datetime
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import yaml
@@ -107,11 +107,21 @@ class RunConfigSaver(SaveConfigCallback):
     the W&B run (as its config and as a file)."""
 
     @override
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # Lightning's, saving without checking the values again: they were checked when parsed, and
+        # the check is most of a save's cost (paid by every run, twice per seed of a sweep).
+        self.parser.save = partial(type(self.parser).save, self.parser, skip_check=True)
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            del self.parser.save
+
+    @override
     def save_config(self, trainer, pl_module, stage: str) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 # dumped here only: a dump costs a large part of a warm seed's overhead (cnnlab-seeds)
-                config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+                config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
                 run = logger.experiment
                 run.config.update(
                     {"seed": config.get("seed_everything"), "git_commit": git_commit(), "cnnlab": config},
@@ -250,6 +260,17 @@ class CnnlabCLI(LightningCLI):
         if metrics.is_file():
             k = 1 + len(list(run_dir.glob("metrics-part*.csv")))
             metrics.rename(run_dir / f"metrics-part{k}.csv")
+
+    @override
+    def _dump_config(self) -> None:
+        """Lightning's dump of the config for the checkpoints' hyperparameters, without checking the
+        values again (they were checked when parsed; the check is most of a dump's cost)."""
+        if hasattr(self, "config_dump"):
+            return
+        dump = self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="yaml", skip_check=True)
+        self.config_dump = yaml.safe_load(dump)
+        if "subcommand" in self.config:
+            self.config_dump = self.config_dump[self.config.subcommand]
 
     @override
     def after_instantiate_classes(self) -> None:
