@@ -103,6 +103,8 @@ def main() -> None:
         ("the same seed as two fresh `train.py` processes (fit, test)", standalone),
     ]
     for name, values in rows:
+        if not values:  # --standalone 0
+            continue
         print(f"| {name} | {statistics.median(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
 
 
