@@ -33,12 +33,17 @@ class NonFiniteLossGuard(Callback):
 
     def __init__(self, blocking: bool | None = None) -> None:
         self.blocking = blocking
+        self._reset()
+
+    def _reset(self) -> None:
         self._first: torch.Tensor | None = None  # on the device: [step, epoch, batch, loss] of the first bad step
-        self._pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
+        self._host: torch.Tensor | None = None  # its copy on the host (pinned memory under CUDA)
+        self._arrived: torch.cuda.Event | None = None  # when the copy in flight has landed (CUDA)
+        self._in_flight = False
 
     @override
     def on_train_start(self, trainer, pl_module) -> None:
-        self._first, self._pending = None, None
+        self._reset()
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -77,22 +82,21 @@ class NonFiniteLossGuard(Callback):
         self._first = torch.where(fresh, record, self._first)
 
     def _poll(self, trainer) -> None:
-        """Read the copy started at an earlier step if it has arrived, then start the next one."""
-        if self._pending is not None:
-            host, arrived = self._pending
-            if arrived is not None and not arrived.query():
+        """Read the copy started at an earlier step if it has landed, then start the next one."""
+        if self._in_flight:
+            if self._arrived is not None and not self._arrived.query():
                 return
-            self._pending = None
-            if trainer.world_size == 1 and host[0] != NO_BAD_STEP:  # under DDP: at the agreed points only
-                self._raise(trainer, tuple(host.tolist()))
-        cuda = self._first.device.type == "cuda"
-        host = torch.empty(4, dtype=self._first.dtype, pin_memory=cuda)
-        host.copy_(self._first, non_blocking=cuda)
-        arrived = None
-        if cuda:
-            arrived = torch.cuda.Event()
-            arrived.record()
-        self._pending = (host, arrived)
+            self._in_flight = False
+            if trainer.world_size == 1 and self._host[0] != NO_BAD_STEP:  # under DDP: at the agreed points only
+                self._raise(trainer, tuple(self._host.tolist()))
+        if self._host is None:
+            cuda = self._first.device.type == "cuda"
+            self._host = torch.empty(4, dtype=self._first.dtype, pin_memory=cuda)
+            self._arrived = torch.cuda.Event() if cuda else None
+        self._host.copy_(self._first, non_blocking=self._arrived is not None)
+        if self._arrived is not None:
+            self._arrived.record(torch.cuda.current_stream(self._first.device))
+        self._in_flight = True
 
     def _check_now(self, trainer) -> None:
         """Wait for the device's note (and the other ranks'), and raise if any step went bad."""
