@@ -134,7 +134,8 @@ class MNISTDataModule(ImageDataModule):
             if target.is_file() or not packed.is_file():
                 continue
             # A part file of this call's own: seed workers or DDP ranks may unpack the same folder at
-            # once, and the first to finish puts the file in place (os.replace is atomic).
+            # once; each one that finishes puts a whole file in place (os.replace is atomic), so no
+            # reader ever sees a partial one.
             with tempfile.NamedTemporaryFile(
                 dir=self.raw_folder, prefix=f"{name}.", suffix=".part", delete=False
             ) as dst:
