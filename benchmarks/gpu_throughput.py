@@ -3,7 +3,7 @@ training steps of the CNN classifier, the VAE and the UNet (segmentation), throu
 Trainer with the config's own batch size, on real MNIST (scenes of its training digits for the
 UNet). The figure callbacks are left out (they are measured in callback_cost.py) and so is
 validation; the first `--warmup` steps (cuDNN autotuning, allocator growth) are not timed.
-Also prints the mean training loss of the steps run (same seed in every precision), so a
+Also prints the training loss of the last step (same seed and batches in every precision), so a
 precision that breaks training shows.
 
     python benchmarks/gpu_throughput.py [--models cnn vae unet] [--precisions 32-true 16-mixed bf16-mixed]
@@ -57,7 +57,7 @@ class StepTimer(Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         self._sync(pl_module)
         self.seconds = time.perf_counter() - self.start
-        loss = trainer.callback_metrics.get("train/loss")
+        loss = trainer.callback_metrics.get("train/loss")  # logged per step: the last step's
         self.loss = float(loss) if loss is not None else float("nan")
 
 
@@ -117,7 +117,7 @@ def main() -> None:
             results.append(measure(model, precision, root, opts.steps, opts.warmup, opts.accelerator))
             print(json.dumps(results[-1]), flush=True)
     print(f"\nmachine: {machine()}; accelerator {opts.accelerator}; {opts.steps} timed steps after {opts.warmup}")
-    print("| model | batch | precision | images/s | ms/step | epoch training loss | peak GPU MiB |")
+    print("| model | batch | precision | images/s | ms/step | last step's training loss | peak GPU MiB |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for r in results:
         memory = f"{r['max_memory_mib']:.0f}" if r["max_memory_mib"] is not None else "-"
