@@ -10,6 +10,9 @@
 #      gpu_amp.yaml preset, over several seeds through cnnlab-seeds (test accuracy distribution), and
 #      the VAE on dynamically binarised MNIST (vae_mnist.py --binarize). Each fit stops at a time
 #      limit that keeps the whole script inside DEADLINE seconds; tests run on the best checkpoint.
+#   3. (PHASES=3) the GPU tests and the Trainer's overhead alone, then three UNet runs at once: base 32
+#      on training scenes drawn anew each epoch and on scenes drawn once, and the shipped base 16 on
+#      fresh scenes, each to the end of its schedule where the time allows.
 #
 #   CNNLAB_MNIST_DIR=<folder with the four MNIST .gz files> OUT=<dir> bash benchmarks/gpu_suite.sh
 #   QUICK=1 ... : a few steps of each part, on the CPU too, to check the script before a GPU run.
@@ -114,6 +117,40 @@ for name in a b c d; do
 done
 tail -25 "$OUT/seeds.txt" | tee -a "$OUT/suite.log"
 sed -n '/^== VAE/,$p' "$WORK/vae_binarized.txt" | tee -a "$OUT/suite.log"
+fi
+
+# ---- 3. the UNet aim again: training scenes drawn anew each epoch (data.augment, the default since
+# stop 11) against scenes drawn once, trained to the end of the one-cycle schedule; before them, alone
+# on the GPU, the GPU tests and the Trainer-vs-loop overhead since the guard stopped syncing per step
+if [[ $PHASES == *3* ]]; then
+log "GPU tests"
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$OUT/gpu_tests.txt" 2>&1
+log "GPU tests exit $?"
+tail -3 "$OUT/gpu_tests.txt" | tee -a "$OUT/suite.log"
+log "trainer overhead 32-true"
+timeout 60 $PY benchmarks/trainer_overhead.py --device $([ $ACC = gpu ] && echo cuda || echo cpu) \
+  --precision 32-true $OVERHEAD >"$OUT/overhead.txt" 2>&1
+log "overhead exit $?"
+grep -E "^(machine|plain|cnnlab|[0-9]+ steps)" "$OUT/overhead.txt" | tee -a "$OUT/suite.log"
+FIT=$((DEADLINE - SECONDS - 70))
+FIT=$((FIT < 60 ? 60 : FIT))
+log "UNet fresh against fixed scenes, ${FIT} s fit limit each"
+LIMIT="--trainer.max_time=00:00:$(printf %02d:%02d $((FIT / 60)) $((FIT % 60)))"
+unet() {  # name, then unet_quality.py arguments
+  local name=$1; shift
+  timeout $((FIT + 60)) $PY benchmarks/unet_quality.py segmentation --accelerator $ACC \
+    --threads 2 "$@" >"$OUT/unet_$name.txt" 2>&1
+  log "unet $name exit $?"
+}
+WORKERS="--data.num_workers=3"
+unet fresh32 --epochs $EPOCHS_B $SCENES_B --base-channels 32 -- --data.batch_size=64 $WORKERS $LIMIT $SMALL &
+unet fixed32 --epochs $EPOCHS_B $SCENES_B --base-channels 32 -- --data.batch_size=64 --data.augment=false \
+  $WORKERS $LIMIT $SMALL &
+unet fresh16 --epochs $EPOCHS_B $SCENES_A -- $WORKERS $LIMIT $SMALL &
+wait
+for name in fresh32 fixed32 fresh16; do
+  log "unet $name:"; grep -E "^(model|fit on|scenes|test |(val|train)/miou)" "$OUT/unet_$name.txt" | tee -a "$OUT/suite.log"
+done
 fi
 
 # run files worth keeping: logs, summaries, metrics, figures (no checkpoints: too large to bring back)

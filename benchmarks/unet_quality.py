@@ -128,10 +128,13 @@ def main_benchmark() -> None:
             f"gain {gain:+.2f} dB), SSIM {metrics['test/ssim']:.4f}"
         )
     monitor = summary["monitor"]
-    for metrics_csv in Path(summary["run_dir"]).rglob("metrics.csv"):
+    # the training split's figure beside it: a growing gap is the net learning its training scenes
+    for metrics_csv in Path(summary["run_dir"]).glob("metrics.csv"):
         with open(metrics_csv) as handle:
-            values = [row[monitor] for row in csv.DictReader(handle) if row.get(monitor)]
-        print(f"{monitor} by epoch: {', '.join(f'{float(v):.3f}' for v in values)}")
+            rows = list(csv.DictReader(handle))
+        for name in (monitor, monitor.replace("val/", "train/")):
+            values = [row[name] for row in rows if row.get(name)]
+            print(f"{name} by epoch: {', '.join(f'{float(v):.3f}' for v in values)}")
     print(f"run directory: {summary['run_dir']}")
 
 

@@ -1,8 +1,10 @@
 """Segmentation scenes made of MNIST digits: 1-4 digits at random positions and scales on a black
-canvas, with a per-pixel mask (0 = background, digit class + 1), drawn once from data_seed.
+canvas, with a per-pixel mask (0 = background, digit class + 1).
 
 Train and validation scenes are made of training digits (validation from the `val_size` digits
 held out of them), test scenes of the official test digits, so no test digit is ever trained on.
+Validation and test scenes are drawn once from data_seed; training scenes too, or, with augment on
+(the default), drawn anew every epoch (`FreshScenes`).
 """
 
 from dataclasses import dataclass
@@ -10,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cnnlab.errors import CnnlabError
-from datamodules.base import ImageDataModule, InMemoryImages
+from datamodules.base import ImageDataModule, InMemoryImages, keep_batch
 from datamodules.mnist import MNISTDataModule
 
 MNIST_SIDE = 28
@@ -93,6 +96,18 @@ def render_scenes(
     return images, masks
 
 
+def concat_layouts(layouts: list[SceneLayout]) -> SceneLayout:
+    """One layout of the scenes of several layouts, in their order (scene k of the result is the
+    only scene of layouts[k])."""
+    return SceneLayout(
+        scene=np.concatenate([np.full(len(lay.scene), k) for k, lay in enumerate(layouts)]),
+        source=np.concatenate([lay.source for lay in layouts]),
+        size=np.concatenate([lay.size for lay in layouts]),
+        top=np.concatenate([lay.top for lay in layouts]),
+        left=np.concatenate([lay.left for lay in layouts]),
+    )
+
+
 def add_clutter(rng: np.random.Generator, images: np.ndarray, digits: torch.Tensor, per_scene: int) -> None:
     """Scatter `per_scene` unlabelled 8x8 pieces cut from random digits over each scene (in place,
     pixel-wise maximum): ink that is not a whole digit, so the mask cannot be read off brightness."""
@@ -108,6 +123,81 @@ def add_clutter(rng: np.random.Generator, images: np.ndarray, digits: torch.Tens
         piece = pieces[source[j], cut[j, 0] : cut[j, 0] + side, cut[j, 1] : cut[j, 1] + side]
         region = images[j // per_scene, where[j, 0] : where[j, 0] + side, where[j, 1] : where[j, 1] + side]
         np.maximum(region, piece, out=region)
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """How scenes are drawn: canvas side, digits per scene (min, max), digit sides in pixels (min,
+    max), mask threshold, clutter pieces per scene and baked-in noise std in [0, 1] units."""
+
+    canvas: int
+    digits: tuple[int, int]
+    sizes: tuple[int, int]
+    threshold: int
+    clutter: int = 0
+    noise: float = 0.0
+
+    def draw(self, digits: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator, n: int):
+        """`n` scenes from a pool of uint8 digits [N, 28, 28] and their labels, all from one random
+        stream: (images uint8 [n, canvas, canvas], masks uint8 [n, canvas, canvas])."""
+        layout = sample_layout(rng, n, len(labels), self.canvas, self.digits, self.sizes)
+        images, masks = render_scenes(digits, labels, layout, n, self.canvas, self.threshold)
+        return self.finish(rng, images, digits), masks
+
+    def finish(self, rng: np.random.Generator, images: np.ndarray, digits: torch.Tensor) -> np.ndarray:
+        """Clutter and baked-in noise over rendered scenes (the masks stay clean)."""
+        if self.clutter:
+            add_clutter(rng, images, digits, self.clutter)
+        if self.noise:
+            noisy = images + rng.normal(0, self.noise * 255, size=images.shape)
+            images = noisy.round().clip(0, 255).astype(np.uint8)
+        return images
+
+
+class FreshScenes(Dataset):
+    """Training scenes drawn anew every epoch from a digit pool: `n_scenes` per epoch, in batches
+    of (images uint8 [B, 1, H, W], masks uint8 [B, H, W]).
+
+    Index `epoch * n_scenes + i` (what `EpochSampler` yields) is scene i of that epoch, drawn from
+    its own random stream (seed, epoch, i): the same scene whichever worker, rank or batch renders
+    it, and different in every epoch. A batch's digits are scaled and pasted together.
+    """
+
+    def __init__(self, spec: SceneSpec, digits: torch.Tensor, labels: torch.Tensor, n_scenes: int, seed: int):
+        self.spec, self.digits, self.labels = spec, digits, labels
+        self.n_scenes, self.seed = n_scenes, seed
+
+    def __len__(self) -> int:
+        return self.n_scenes
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, masks = self.__getitems__([index])
+        return images[0], masks[0]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = self.spec
+        rngs = [np.random.default_rng([self.seed, *divmod(int(index), self.n_scenes)]) for index in indices]
+        layout = concat_layouts(
+            [sample_layout(rng, 1, len(self.labels), spec.canvas, spec.digits, spec.sizes) for rng in rngs]
+        )
+        images, masks = render_scenes(self.digits, self.labels, layout, len(rngs), spec.canvas, spec.threshold)
+        if spec.clutter or spec.noise:
+            images = np.stack([spec.finish(rng, images[k : k + 1], self.digits)[0] for k, rng in enumerate(rngs)])
+        return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(masks)
+
+
+class EpochSampler(DistributedSampler):
+    """Indices of `FreshScenes` for the epoch that Lightning sets (`set_epoch`, before each epoch):
+    `epoch * n + i`, in order (the scenes are random already). Under DDP each rank takes every
+    `num_replicas`-th scene from its rank on, the last ones repeated so all ranks step together; a
+    DistributedSampler, so Lightning keeps it instead of putting its own in its place."""
+
+    def __init__(self, dataset: FreshScenes, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        return iter(self.epoch * n + i % n for i in range(self.rank, self.total_size, self.num_replicas))
 
 
 class MNISTScenesDataModule(ImageDataModule):
@@ -126,7 +216,9 @@ class MNISTScenesDataModule(ImageDataModule):
         clutter: Unlabelled 8x8 digit fragments scattered over each scene (0 = none).
         scene_noise: Std of Gaussian noise baked into the scenes, in [0, 1] units (masks stay clean).
         (the rest: see ImageDataModule; max_train_samples / max_eval_samples cap the scene counts,
-        `augment` has no effect: each scene is drawn once, and more scenes is the way to variety;
+        augment: true draws `train_scenes` new training scenes every epoch (from the model seed;
+        the digit pool stays fixed by data_seed), false draws them once, from data_seed, and
+        trains on them every epoch; validation and test scenes are always drawn once;
         normalize true maps pixels to [-1, 1], as a scene's statistics depend on these settings)
     """
 
@@ -183,6 +275,9 @@ class MNISTScenesDataModule(ImageDataModule):
         self.scene_counts = {"train": train_scenes, "val": val_scenes, "test": test_scenes}
         self.clutter = clutter
         self.scene_noise = scene_noise
+        self.spec = SceneSpec(canvas_size, self.digit_counts, self.sizes, mask_threshold, clutter, scene_noise)
+        # augment: training scenes drawn anew each epoch (a denoising run keeps its fixed scenes)
+        self.fresh_scenes = self.augment and self.noise is None
         # The digits are read through MNISTDataModule: its files, download and error messages.
         self.source = MNISTDataModule(data_dir=self.data_dir, download=self.download)
 
@@ -203,6 +298,7 @@ class MNISTScenesDataModule(ImageDataModule):
                 )
             order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.data_seed))
             val_pool, train_pool = order[: self.val_size].sort().values, order[self.val_size :].sort().values
+            self._train_pool = (digits[train_pool, 0], labels[train_pool])
             self.splits["train"] = self.make_scenes(digits[train_pool], labels[train_pool], "train")
             self.splits["val"] = self.make_scenes(digits[val_pool], labels[val_pool], "val")
         if stage in ("test", "predict", None) and "test" not in self.splits:
@@ -216,15 +312,30 @@ class MNISTScenesDataModule(ImageDataModule):
         cap = self.max_train_samples if split == "train" else self.max_eval_samples
         n = min(self.scene_counts[split], cap or self.scene_counts[split])
         rng = np.random.default_rng([self.data_seed, SPLIT_STREAMS[split]])
-        layout = sample_layout(rng, n, len(labels), self.canvas_size, self.digit_counts, self.sizes)
-        digits = digits[:, 0]
-        images, masks = render_scenes(digits, labels, layout, n, self.canvas_size, self.mask_threshold)
-        if self.clutter:
-            add_clutter(rng, images, digits, self.clutter)
-        if self.scene_noise:
-            noisy = images + rng.normal(0, self.scene_noise * 255, size=images.shape)
-            images = noisy.round().clip(0, 255).astype(np.uint8)
+        images, masks = self.spec.draw(digits[:, 0], labels, rng, n)
         return InMemoryImages(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(masks))
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.fresh_scenes:
+            return super().train_dataloader()
+        # Each run draws its own scenes: the seed comes from the model seed (seed_everything), as
+        # the other DataModules' augmentation does; data_seed keeps the digit pool and eval scenes.
+        seed = int(torch.randint(0, 2**62, ()))
+        cap = self.max_train_samples or self.scene_counts["train"]
+        train = FreshScenes(self.spec, *self._train_pool, min(self.scene_counts["train"], cap), seed)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        sampler = EpochSampler(train, num_replicas=world, rank=rank)
+        return DataLoader(
+            train,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=len(sampler) > self.batch_size,  # a batch of one would break BatchNorm
+            collate_fn=keep_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         inputs, targets = super().on_after_batch_transfer(batch, dataloader_idx)

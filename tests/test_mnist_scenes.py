@@ -8,7 +8,7 @@ from conftest import write_idx
 
 from cnnlab.errors import CnnlabError
 from datamodules import MNISTDataModule, MNISTScenesDataModule
-from datamodules.mnist_scenes import SceneLayout, render_scenes, scale_digits
+from datamodules.mnist_scenes import EpochSampler, FreshScenes, SceneLayout, SceneSpec, render_scenes, scale_digits
 from datamodules.noise import add_noise
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,6 +113,93 @@ def test_scene_batches_are_images_and_int64_masks(mnist_root):
     assert images.min() >= 0 and images.max() <= 1
     assert masks.shape == (8, 64, 64) and masks.dtype == torch.int64
     assert dm.image_shape == (1, 64, 64) and dm.num_classes == 11 and dm.class_names[1] == "0"
+
+
+# -- training scenes drawn anew each epoch (augment) ------------------------------------------
+
+
+def fresh(mnist_root, n_scenes=12, seed=7, **spec) -> FreshScenes:
+    dm = scenes(mnist_root)
+    digits, labels = dm.load_split(train=True)
+    spec = SceneSpec(**{"canvas": 64, "digits": (1, 4), "sizes": (21, 35), "threshold": 128, **spec})
+    return FreshScenes(spec, digits[:, 0], labels, n_scenes, seed)
+
+
+def test_a_fresh_scene_depends_on_its_epoch_and_index_only(mnist_root):
+    train = fresh(mnist_root)
+    batch = train.__getitems__([3, 4, 5, 12 + 3])  # scenes 3-5 of epoch 0, scene 3 of epoch 1
+    alone = [train[i] for i in (3, 4, 5, 12 + 3)]
+    for k, (image, mask) in enumerate(alone):  # rendered in a batch or alone: the same scene
+        assert torch.equal(batch[0][k], image) and torch.equal(batch[1][k], mask)
+    assert not torch.equal(batch[0][0], batch[0][3])  # scene 3 differs between epochs
+    again = fresh(mnist_root).__getitems__([3, 4, 5, 15])
+    assert all(torch.equal(a, b) for a, b in zip(batch, again, strict=True))
+    other_seed = fresh(mnist_root, seed=8).__getitems__([3, 4, 5, 15])
+    assert not torch.equal(batch[0], other_seed[0])
+
+
+def test_fresh_scenes_keep_the_scene_rules(mnist_root):
+    images, masks = fresh(mnist_root, n_scenes=30).__getitems__(list(range(30, 60)))
+    assert images.shape == (30, 1, 64, 64) and images.dtype == torch.uint8
+    assert masks.shape == (30, 64, 64) and masks.dtype == torch.uint8
+    assert torch.equal(masks > 0, images[:, 0] >= 128)  # foreground exactly where the ink is
+    for mask in masks:
+        assert 1 <= len(mask.unique()) - 1 <= 4 and int(mask.max()) <= 10
+    cluttered, same_masks = fresh(mnist_root, n_scenes=30, clutter=3).__getitems__(list(range(30, 60)))
+    assert torch.equal(same_masks, masks)  # clutter adds ink, never labels
+    extra = cluttered.int() - images.int()
+    assert extra.min() >= 0 and extra.sum() > 0
+
+
+def test_epoch_sampler_gives_each_rank_its_share_of_the_epoch():
+    train = FreshScenes(SceneSpec(64, (1, 4), (21, 35), 128), torch.zeros(1, 28, 28), torch.zeros(1), 10, 0)
+    ranks = [EpochSampler(train, num_replicas=3, rank=r) for r in range(3)]
+    for sampler in ranks:
+        sampler.set_epoch(2)
+    shares = [list(sampler) for sampler in ranks]
+    assert [len(share) for share in shares] == [4, 4, 4] == [len(sampler) for sampler in ranks]
+    assert set().union(*shares) == set(range(20, 30))  # all ten scenes of epoch 2, two repeated to even up
+    single = EpochSampler(train)
+    assert list(single) == list(range(10))
+    single.set_epoch(1)
+    assert list(single) == list(range(10, 20))
+
+
+def test_augment_draws_new_training_scenes_each_epoch_from_the_model_seed(mnist_root, tmp_path):
+    from lightning.pytorch import Callback, Trainer, seed_everything
+
+    from lightning_modules import UNetModule
+
+    class FirstBatches(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                self.seen.append(batch[1].clone())
+
+    def fit(augment: bool, seed: int) -> tuple[list[torch.Tensor], MNISTScenesDataModule]:
+        seed_everything(seed)
+        record, dm = FirstBatches(), scenes(mnist_root, augment=augment)
+        trainer = Trainer(
+            max_epochs=2, logger=False, callbacks=[record], enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+            limit_train_batches=1, limit_val_batches=0,
+        )  # fmt: skip
+        trainer.fit(UNetModule(depth=1, base_channels=4), datamodule=dm)
+        return record.seen, dm
+
+    def drawn_once(masks: torch.Tensor, dm: MNISTScenesDataModule) -> bool:
+        fixed = dm.splits["train"].labels.long()
+        return all((fixed == mask).flatten(1).all(1).any() for mask in masks)
+
+    (first, dm), (again, _), (other, _) = fit(True, 0), fit(True, 0), fit(True, 1)
+    assert not torch.equal(first[0], first[1])  # epoch 1 trains on other scenes than epoch 0
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], other[0])
+    assert not any(drawn_once(masks, dm) for masks in first)
+    fixed, dm = fit(False, 0)  # augment off: every epoch from the scenes drawn once
+    assert all(drawn_once(masks, dm) for masks in fixed)
 
 
 def test_bad_scene_settings_are_one_paragraph():
