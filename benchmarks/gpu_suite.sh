@@ -45,6 +45,18 @@ else
   SCENES_A=""; SCENES_B="--train-scenes 20000"; SMALL=""; SEED_ARGS=""
   VAE="--epochs 20 --big-k 5000 --big-k-images 500"; VAE_ARGS=""
 fi
+gpu_tests() {  # tests/test_gpu.py (skipped without CUDA), its output into folder $1
+  log "GPU tests"
+  timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$1/gpu_tests.txt" 2>&1
+  log "GPU tests exit $?"
+  tail -3 "$1/gpu_tests.txt" | tee -a "$OUT/suite.log"
+}
+unet() {  # a UNet segmentation run of parts 2 and 3 within $FIT seconds: name, then unet_quality.py arguments
+  local name=$1; shift
+  timeout $((FIT + 70)) $PY benchmarks/unet_quality.py segmentation --accelerator $ACC \
+    --threads 2 "$@" >"$OUT/unet_$name.txt" 2>&1
+  log "unet $name exit $?"
+}
 log "accelerator $ACC; quick $QUICK; work $WORK"
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>/dev/null
   $PY -c "import torch, lightning, torchmetrics, torchvision, jsonargparse, platform; print('python', platform.python_version(), 'torch', torch.__version__, 'lightning', lightning.__version__, 'torchmetrics', torchmetrics.__version__, 'torchvision', torchvision.__version__, 'jsonargparse', jsonargparse.__version__)"
@@ -53,10 +65,7 @@ $PY -c "import cnnlab.cli" || { log "cnnlab does not import: stopping"; exit 1; 
 
 # ---- 1. the GPU tests, then speed, alone on the machine
 if [[ $PHASES == *1* ]]; then
-log "GPU tests"
-timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$WORK/gpu_tests.txt" 2>&1
-log "GPU tests exit $?"
-tail -3 "$WORK/gpu_tests.txt" | tee -a "$OUT/suite.log"
+gpu_tests "$WORK"
 log "throughput"
 timeout 150 $PY benchmarks/gpu_throughput.py --accelerator $ACC $STEPS >"$OUT/throughput.txt" 2>&1
 log "throughput exit $?"
@@ -87,12 +96,6 @@ FIT=$((DEADLINE - SECONDS - 80))  # seconds each fit may take: the rest is for t
 FIT=$((FIT < 60 ? 60 : FIT))
 log "quality runs, ${FIT} s fit limit each"
 LIMIT="--trainer.max_time=00:00:$(printf %02d:%02d $((FIT / 60)) $((FIT % 60)))"
-unet() {  # name, then unet_quality.py arguments
-  local name=$1; shift
-  timeout $((FIT + 70)) $PY benchmarks/unet_quality.py segmentation --accelerator $ACC \
-    --threads 2 "$@" >"$OUT/unet_$name.txt" 2>&1
-  log "unet $name exit $?"
-}
 unet a --epochs $EPOCHS_A $SCENES_A -- $LIMIT $SMALL &
 unet b --epochs $EPOCHS_B $SCENES_B --base-channels 32 -- --data.batch_size=64 $LIMIT $SMALL &
 unet c --epochs $EPOCHS_B $SCENES_B --base-channels 32 -- --data.batch_size=64 --model.dice_weight=1 $LIMIT $SMALL &
@@ -123,10 +126,7 @@ fi
 # stop 11) against scenes drawn once, trained to the end of the one-cycle schedule; before them, alone
 # on the GPU, the GPU tests and the Trainer-vs-loop overhead since the guard stopped syncing per step
 if [[ $PHASES == *3* ]]; then
-log "GPU tests"
-timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$OUT/gpu_tests.txt" 2>&1
-log "GPU tests exit $?"
-tail -3 "$OUT/gpu_tests.txt" | tee -a "$OUT/suite.log"
+gpu_tests "$OUT"
 log "trainer overhead 32-true"
 timeout 60 $PY benchmarks/trainer_overhead.py --device $([ $ACC = gpu ] && echo cuda || echo cpu) \
   --precision 32-true $OVERHEAD >"$OUT/overhead.txt" 2>&1
@@ -136,12 +136,6 @@ FIT=$((DEADLINE - SECONDS - 70))
 FIT=$((FIT < 60 ? 60 : FIT))
 log "UNet fresh against fixed scenes, ${FIT} s fit limit each"
 LIMIT="--trainer.max_time=00:00:$(printf %02d:%02d $((FIT / 60)) $((FIT % 60)))"
-unet() {  # name, then unet_quality.py arguments
-  local name=$1; shift
-  timeout $((FIT + 60)) $PY benchmarks/unet_quality.py segmentation --accelerator $ACC \
-    --threads 2 "$@" >"$OUT/unet_$name.txt" 2>&1
-  log "unet $name exit $?"
-}
 WORKERS="--data.num_workers=3"
 unet fresh32 --epochs $EPOCHS_B $SCENES_B --base-channels 32 -- --data.batch_size=64 $WORKERS $LIMIT $SMALL &
 unet fixed32 --epochs $EPOCHS_B $SCENES_B --base-channels 32 -- --data.batch_size=64 --data.augment=false \
