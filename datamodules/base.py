@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.errors import CnnlabError
 from datamodules.noise import Noise, add_noise
@@ -238,11 +238,17 @@ class ImageDataModule(LightningDataModule):
             index = index[:cap]
         return index.sort().values
 
-    def _loader(self, dataset: InMemoryImages, batch_size: int, shuffle: bool = False, drop_last: bool = False):
+    def _loader(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        sampler: Sampler | None = None,
+    ) -> DataLoader:
         if self.noise is not None:
             dataset = IndexedImages(dataset.images, dataset.labels)
-        sampler = None
-        if not shuffle and self.trainer is not None and self.trainer.world_size > 1:
+        if sampler is None and not shuffle and self.trainer is not None and self.trainer.world_size > 1:
             # Evaluation under DDP: each rank a strided shard, no padding. Lightning's default
             # DistributedSampler would pad with duplicates that skew metrics and per-sample figures.
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **self.trainer.distributed_sampler_kwargs)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cnnlab.errors import CnnlabError
-from datamodules.base import ImageDataModule, InMemoryImages, keep_batch
+from datamodules.base import ImageDataModule, InMemoryImages
 from datamodules.mnist import MNISTDataModule
 
 MNIST_SIDE = 28
@@ -326,16 +326,8 @@ class MNISTScenesDataModule(ImageDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         sampler = EpochSampler(train, num_replicas=world, rank=rank)
-        return DataLoader(
-            train,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=len(sampler) > self.batch_size,  # a batch of one would break BatchNorm
-            collate_fn=keep_batch,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        # a last batch of one would break BatchNorm's training statistics
+        return self._loader(train, self.batch_size, drop_last=len(sampler) > self.batch_size, sampler=sampler)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         inputs, targets = super().on_after_batch_transfer(batch, dataloader_idx)
