@@ -246,13 +246,13 @@ class MNISTScenesDataModule(ImageDataModule):
         **kwargs,
     ) -> None:
         super().__init__(*args, normalize=normalize, **kwargs)
-        self.sizes = (round(MNIST_SIDE * min_scale), round(MNIST_SIDE * max_scale))
+        sizes = (round(MNIST_SIDE * min_scale), round(MNIST_SIDE * max_scale))
         problems = []
         if not 1 <= min_digits <= max_digits:
             problems.append(f"min_digits={min_digits}, max_digits={max_digits} (need 1 <= min <= max)")
-        if not 1 <= self.sizes[0] <= self.sizes[1] <= canvas_size:
+        if not 1 <= sizes[0] <= sizes[1] <= canvas_size:
             problems.append(
-                f"min_scale={min_scale}, max_scale={max_scale} make digits of {self.sizes[0]}..{self.sizes[1]} px "
+                f"min_scale={min_scale}, max_scale={max_scale} make digits of {sizes[0]}..{sizes[1]} px "
                 f"(need 0 < min <= max and the largest within canvas_size={canvas_size})"
             )
         if not 0 < mask_threshold <= 255:
@@ -269,13 +269,8 @@ class MNISTScenesDataModule(ImageDataModule):
                 f"MNISTScenesDataModule cannot build scenes with {'; '.join(problems)}. Fix these data.* settings."
             )
         self.image_shape = (1, canvas_size, canvas_size)
-        self.canvas_size = canvas_size
-        self.digit_counts = (min_digits, max_digits)
-        self.mask_threshold = mask_threshold
         self.scene_counts = {"train": train_scenes, "val": val_scenes, "test": test_scenes}
-        self.clutter = clutter
-        self.scene_noise = scene_noise
-        self.spec = SceneSpec(canvas_size, self.digit_counts, self.sizes, mask_threshold, clutter, scene_noise)
+        self.spec = SceneSpec(canvas_size, (min_digits, max_digits), sizes, mask_threshold, clutter, scene_noise)
         # augment: training scenes drawn anew each epoch (a denoising run keeps its fixed scenes)
         self.fresh_scenes = self.augment and self.noise is None
         # The digits are read through MNISTDataModule: its files, download and error messages.
