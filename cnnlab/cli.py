@@ -20,6 +20,7 @@ from functools import cache, partial
 from pathlib import Path
 
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -94,6 +95,41 @@ def run_dir_of(checkpoint: Path) -> Path | None:
 def read_summary(run_dir: Path) -> dict:
     path = run_dir / SUMMARY
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _plain(value):
+    """A parsed or saved hyperparameter as plain data (namespaces as dicts, tuples as lists)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def saved_as_parsed(config) -> bool:
+    """Whether the checkpoint at `config.ckpt_path` saved exactly the model class and arguments that
+    `config` holds (the DataModule-linked ones aside: they come from the data either way)."""
+    import torch
+
+    try:
+        checkpoint = torch.load(config.ckpt_path, weights_only=True, map_location="cpu")
+    except Exception as err:
+        raise CnnlabError(
+            f"--ckpt_path {config.ckpt_path} cannot be read as a checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no message'}). It may have been cut short by an "
+            "interrupted save, or not be a checkpoint at all; give another (e.g. the run's last.ckpt) or train again."
+        ) from err
+    saved = dict(checkpoint.get("hyper_parameters") or {})
+    saved.pop("_instantiator", None)
+    if saved.pop("_class_path", None) != config.model.get("class_path"):
+        return False
+    parsed = _plain(config.model.get("init_args") or {})
+    for name in LINKS:
+        saved.pop(name, None)
+        parsed.pop(name, None)
+    return _plain(saved) == parsed
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
@@ -224,6 +260,18 @@ class CnnlabCLI(LightningCLI):
                 f"latest run of '{self.experiment}'."
             )
         return run_dir_of(path)
+
+    @override
+    def _parse_ckpt_path(self) -> None:
+        # Lightning re-parses the whole config with the checkpoint's hyperparameters, so that a
+        # model is rebuilt with the arguments it was trained with. When the checkpoint saved exactly
+        # the arguments already parsed (`test --ckpt_path best` after a fit of the same config, every
+        # seed of cnnlab-seeds), that changes nothing and costs a third of a warm seed's overhead.
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else None
+        if config is None or not config.get("ckpt_path") or not Path(config.ckpt_path).is_file():
+            return
+        if not saved_as_parsed(config):
+            super()._parse_ckpt_path()
 
     @override
     def before_instantiate_classes(self) -> None:

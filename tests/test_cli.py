@@ -118,6 +118,38 @@ def test_ckpt_path_last_without_an_earlier_run_is_explained(run_cli, tiny_args, 
     assert "no earlier run of 'mnist_classifier'" in capsys.readouterr().err
 
 
+def test_test_reparses_the_checkpoint_only_where_its_model_arguments_differ(run_cli, tiny_args, tmp_path, monkeypatch):
+    """`test --ckpt_path` skips Lightning's re-parse of the config with the checkpoint's
+    hyperparameters when they are the model arguments already parsed (fit then test of one config,
+    every seed of cnnlab-seeds); where they differ it still runs, and the checkpoint's arguments win."""
+    from lightning.pytorch.cli import LightningCLI
+
+    run_cli("fit", [*tiny_args, "--model.label_smoothing=0.1"])
+    best = summary_of(only_run(tmp_path))["best_checkpoint"]
+    reparsed = []
+    parse = LightningCLI._parse_ckpt_path
+
+    def spy(self):
+        parse(self)
+        reparsed.append(self.config.test.model.init_args.label_smoothing)
+
+    monkeypatch.setattr(LightningCLI, "_parse_ckpt_path", spy)
+    run_cli("test", [*tiny_args, "--model.label_smoothing=0.1", f"--ckpt_path={best}"])
+    assert reparsed == []
+    run_cli("test", [*tiny_args, f"--ckpt_path={best}"])  # the config says label_smoothing 0.0
+    assert reparsed == [0.1]
+
+
+def test_an_unreadable_checkpoint_is_explained(run_cli, tiny_args, tmp_path, capsys):
+    broken = tmp_path / "best.ckpt"
+    broken.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(SystemExit) as info:
+        run_cli("test", [*tiny_args, f"--ckpt_path={broken}"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--ckpt_path {broken} cannot be read as a checkpoint" in err and "Traceback" not in err
+
+
 def test_bf16_mixed_precision_runs_the_autocast_path(run_cli, tiny_args, tmp_path):
     run_cli("fit", [*tiny_args, "--data.max_train_samples=200", "--trainer.precision=bf16-mixed"])
     summary = summary_of(only_run(tmp_path))

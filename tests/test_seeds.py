@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, only_run
+from conftest import ROOT
 from scipy import stats as sps
 
 from cnnlab.errors import CnnlabError
@@ -563,29 +563,3 @@ def test_one_seed_without_an_explicit_seed_is_refused(capsys):
     assert main(["one", "--config", CLASSIFIER]) == 2
     assert "explicit integer model seed" in capsys.readouterr().err
 
-
-def test_a_warm_test_reparses_the_checkpoint_only_where_its_model_arguments_differ(
-    tiny_args, run_cli, tmp_path, monkeypatch
-):
-    """`test --ckpt_path` in a worker skips Lightning's re-parse of the config with the checkpoint's
-    hyperparameters when they are the model arguments already parsed; where they differ it still
-    runs, and the checkpoint's arguments win, as in train.py."""
-    from lightning.pytorch.cli import LightningCLI
-
-    from cnnlab.seeds import worker
-
-    run_cli("fit", [*tiny_args, "--model.label_smoothing=0.1"])
-    best = json.loads((only_run(tmp_path) / "summary.json").read_text())["best_checkpoint"]
-    reparsed = []
-    parse = LightningCLI._parse_ckpt_path
-
-    def spy(self):
-        parse(self)
-        reparsed.append(self.config.test.model.as_dict())
-
-    monkeypatch.setattr(LightningCLI, "_parse_ckpt_path", spy)
-    worker.run_cli("test", [*tiny_args, "--model.label_smoothing=0.1", f"--ckpt_path={best}"])
-    assert reparsed == []
-    worker.run_cli("test", [*tiny_args, f"--ckpt_path={best}"])  # the config's label_smoothing: 0.0
-    (model,) = reparsed
-    assert {**model["init_args"], **model.get("dict_kwargs", {})}["label_smoothing"] == 0.1

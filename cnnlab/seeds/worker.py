@@ -117,48 +117,7 @@ def warm_cli_class():
                 return
             self.parser, self._subcommand_parsers, self._subcommand_method_arguments = _PARSERS[add_subcommands]
 
-        def _parse_ckpt_path(self) -> None:
-            # `test --ckpt_path` re-parses the whole config with the checkpoint's hyperparameters
-            # (a third of a warm seed's overhead). Here the checkpoint is the one this worker's fit
-            # of the same arguments just wrote, so that changes nothing; it still runs wherever the
-            # checkpoint's model arguments differ from those parsed.
-            config = self.config[self.config.subcommand] if self.config.get("subcommand") else None
-            if config is None or not config.get("ckpt_path") or not saved_as_parsed(config):
-                super()._parse_ckpt_path()
-
     return WarmCLI
-
-
-def _plain(value):
-    """A parsed or saved hyperparameter as plain data (namespaces as dicts, tuples as lists)."""
-    from jsonargparse import Namespace
-
-    if isinstance(value, Namespace):
-        value = value.as_dict()
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
-
-
-def saved_as_parsed(config) -> bool:
-    """Whether the checkpoint at `config.ckpt_path` saved exactly the model class and arguments
-    that `config` holds (the DataModule-linked ones aside: both ways they come from the data)."""
-    import torch
-
-    from cnnlab.cli import LINKS
-
-    checkpoint = torch.load(config.ckpt_path, weights_only=True, map_location="cpu")
-    saved = dict(checkpoint.get("hyper_parameters") or {})
-    saved.pop("_instantiator", None)
-    if saved.pop("_class_path", None) != config.model.get("class_path"):
-        return False
-    parsed = _plain(config.model.get("init_args") or {})
-    for name in LINKS:
-        saved.pop(name, None)
-        parsed.pop(name, None)
-    return _plain(saved) == parsed
 
 
 def run_cli(subcommand: str, args: list[str]) -> Path:
