@@ -562,4 +562,3 @@ def test_wandb_sweep_configs_run_one_seed_of_an_experiment_per_agent_job(name):
 def test_one_seed_without_an_explicit_seed_is_refused(capsys):
     assert main(["one", "--config", CLASSIFIER]) == 2
     assert "explicit integer model seed" in capsys.readouterr().err
-
