@@ -97,7 +97,7 @@ def main_benchmark() -> None:
         init["num_classes"] if opts.task == "segmentation" else channels,
         init["depth"],
         init["base_channels"],
-        init["upsampling"],
+        init["upsample"],
     )
     params = sum(p.numel() for p in net.parameters())
     print(

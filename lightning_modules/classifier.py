@@ -2,17 +2,19 @@
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from lightning_modules.optimization import configure_optimizers
+from cnnlab.protocol import Batch, EvalOutput
+from lightning_modules.base import CnnlabModule
+from lightning_modules.optimization import keep_loadable_hparams
 from networks.classifiers import Backbone, build_backbone
 
 
-class ImageClassifier(LightningModule):
+class ImageClassifier(CnnlabModule):
     """An image classifier with a selectable backbone.
 
     Args:
@@ -38,10 +40,9 @@ class ImageClassifier(LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, lr_scheduler)
         self.save_hyperparameters()
-        # hparams hold the YAML of these two (for checkpoints); the callables themselves stay here.
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        keep_loadable_hparams(self)
         self.net = build_backbone(backbone, image_shape, num_classes, width, dropout)
         for stage in ("train", "val", "test"):
             # validate_args off: its per-batch input checks cost ~2% of a small CNN's CPU step.
@@ -53,39 +54,32 @@ class ImageClassifier(LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
-    def per_sample_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def per_sample_loss(self, batch: Batch) -> torch.Tensor:
         """Cross-entropy of each sample (no label smoothing), float32: [B]."""
         images, labels = batch
         return F.cross_entropy(self(images).float(), labels, reduction="none")
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def feature_layer(self) -> nn.Conv2d | None:
+        return self.net.input_layer()
+
+    def _shared_step(self, batch: Batch, stage: str) -> EvalOutput:
         images, labels = batch
         logits = self(images)
-        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
-        # float32 cross-entropy: logits may be fp16/bf16 under autocast.
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
         accuracy = getattr(self, f"{stage}_acc")
         accuracy.update(logits, labels)  # update, not forward: only the epoch value is logged
-        if stage == "train":  # the per-step curve; epoch means are for val/test
-            self.log("train/loss", loss, prog_bar=True)
-        else:  # MeanMetric weighs by samples, exact across ranks and a short last batch
-            mean_loss = getattr(self, f"{stage}_loss")
-            mean_loss(loss, weight=len(labels))
-            self.log(f"{stage}/loss", mean_loss, prog_bar=True)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
-
-    @override
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
-
-    @override
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    @override
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+        if stage == "train":  # the per-step curve; epoch means are for val/test
+            # float32 cross-entropy: logits may be fp16/bf16 under autocast.
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
+            self.log("train/loss", loss, prog_bar=True)
+            return {"loss": loss}
+        per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
+        loss = per_sample.mean()
+        # MeanMetric weighs by samples, exact across ranks and a short last batch
+        mean_loss = getattr(self, f"{stage}_loss")
+        mean_loss(loss, weight=len(labels))
+        self.log(f"{stage}/loss", mean_loss, prog_bar=True)
+        return {"loss": loss, "scores": {"loss": per_sample}}
 
     @override
     def on_train_start(self) -> None:
@@ -94,6 +88,7 @@ class ImageClassifier(LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
@@ -102,7 +97,3 @@ class ImageClassifier(LightningModule):
         images, labels = batch
         probs = self(images).float().softmax(dim=1)
         return {"probs": probs, "pred": probs.argmax(dim=1), "label": labels}
-
-    @override
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.optimizer, self.lr_scheduler)

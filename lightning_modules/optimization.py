@@ -3,10 +3,13 @@ by every LightningModule's `configure_optimizers`."""
 
 import functools
 import inspect
+import math
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from cnnlab.errors import CnnlabError
 
 
 def configure_optimizers(
@@ -24,7 +27,13 @@ def configure_optimizers(
     target, given = _scheduler_class(lr_scheduler), getattr(lr_scheduler, "keywords", {})
     if target is not None and "total_steps" in inspect.signature(target).parameters:
         if given.get("total_steps") is None and given.get("epochs") is None:
-            scheduler = lr_scheduler(opt, total_steps=int(module.trainer.estimated_stepping_batches))
+            steps = module.trainer.estimated_stepping_batches
+            if not math.isfinite(steps):
+                raise CnnlabError(
+                    f"{target.__name__} plans its schedule over the whole run, but the run has no end (max_epochs "
+                    "-1 and no max_steps). Give a number of epochs (--trainer.max_epochs 10) or of steps."
+                )
+            scheduler = lr_scheduler(opt, total_steps=int(steps))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         return {"optimizer": opt, "lr_scheduler": {"scheduler": lr_scheduler(opt), "interval": "step"}}
     scheduler = lr_scheduler(opt)

@@ -5,16 +5,20 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.functional.image import peak_signal_noise_ratio
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 from typing_extensions import override
 
 from cnnlab.errors import CnnlabError
-from lightning_modules.optimization import configure_optimizers
-from networks.unet import UNet, Upsampling
+from cnnlab.protocol import Batch, EvalOutput
+from lightning_modules.base import CnnlabModule
+from lightning_modules.optimization import keep_loadable_hparams
+from networks.blocks import Upsampling
+from networks.unet import UNet
 
 Task = Literal["segmentation", "denoise"]
 STAGES = ("train", "val", "test")
@@ -42,7 +46,7 @@ def soft_dice(probs: torch.Tensor, masks: torch.Tensor, smooth: float = 1.0) -> 
     return ((2 * overlap + smooth) / (total + smooth))[:, 1:].mean(1)
 
 
-class UNetModule(LightningModule):
+class UNetModule(CnnlabModule):
     """A UNet trained for segmentation or denoising; `task` says which, and what a batch holds.
 
     Batches are (inputs, targets):
@@ -59,9 +63,10 @@ class UNetModule(LightningModule):
         image_shape: (channels, height, width); linked from the DataModule.
         num_classes: Segmentation classes, background included; linked from the DataModule (unused
             by denoise).
+        class_names: Names of the classes (per-class metric names); linked from the DataModule.
         depth: Downsamplings of the UNet (4 in the paper; 3 covers a 28-35 px digit at 64x64).
         base_channels: Channels of the first level (64 in the paper).
-        upsampling: bilinear (+ 1x1 conv) or transpose (the paper's learned 2x2 transposed conv).
+        upsample: bilinear or nearest (+ 1x1 conv), or transposed (the paper's learned 2x2 transposed conv).
         dice_weight: Segmentation loss = cross-entropy + dice_weight * (1 - soft Dice over the
             foreground classes); Dice counters the background's majority of pixels.
         residual: Denoise: the UNet predicts the correction added to the noisy input (residual
@@ -75,16 +80,18 @@ class UNetModule(LightningModule):
         task: Task = "segmentation",
         image_shape: tuple[int, int, int] = (1, 64, 64),
         num_classes: int = 11,
+        class_names: tuple[str, ...] | None = None,
         depth: int = 3,
         base_channels: int = 16,
-        upsampling: Upsampling = "bilinear",
+        upsample: Upsampling = "bilinear",
         dice_weight: float = 0.0,
         residual: bool = True,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, lr_scheduler)
         self.save_hyperparameters()
+        keep_loadable_hparams(self)
         if task not in ("segmentation", "denoise"):
             raise CnnlabError(f"model.task is '{task}'; choose 'segmentation' or 'denoise'.")
         if task == "segmentation" and num_classes < 2:
@@ -92,10 +99,9 @@ class UNetModule(LightningModule):
                 f"model.num_classes is {num_classes}, but segmentation needs background and at least one "
                 "class. It is linked from the DataModule: use one whose targets are masks (MNISTScenesDataModule)."
             )
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        self.task = task
+        self.task, self.num_classes = task, num_classes
         channels = image_shape[0]
-        self.net = UNet(channels, num_classes if task == "segmentation" else channels, depth, base_channels, upsampling)
+        self.net = UNet(channels, num_classes if task == "segmentation" else channels, depth, base_channels, upsample)
         for stage in STAGES:
             if task == "segmentation":
                 setattr(self, f"{stage}_confmat", MulticlassConfusionMatrix(num_classes, validate_args=False))
@@ -124,15 +130,19 @@ class UNetModule(LightningModule):
             losses = losses + self.hparams.dice_weight * (1 - soft_dice(outputs.softmax(1), targets))
         return losses
 
-    def per_sample_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def per_sample_loss(self, batch: Batch) -> torch.Tensor:
         """The training loss of each sample (cross-entropy (+ Dice) or MSE), float32: [B]."""
         inputs, targets = batch
         return self._losses(self(inputs), targets)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def feature_layer(self) -> nn.Conv2d:
+        return self.net.input_layer()
+
+    def _shared_step(self, batch: Batch, stage: str) -> EvalOutput:
         inputs, targets = batch
         outputs = self(inputs)
-        loss = self._losses(outputs, targets).mean()
+        losses = self._losses(outputs, targets)
+        loss = losses.mean()
         if self.task == "segmentation":
             getattr(self, f"{stage}_confmat").update(outputs.argmax(1), targets)
         else:
@@ -143,11 +153,12 @@ class UNetModule(LightningModule):
                 getattr(self, f"{stage}_ssim").update(denoised, targets.float())
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True)
-        else:  # MeanMetric weighs by samples, exact across ranks and a short last batch
-            mean_loss = getattr(self, f"{stage}_loss")
-            mean_loss(loss, weight=len(inputs))
-            self.log(f"{stage}/loss", mean_loss, prog_bar=True)
-        return loss
+            return {"loss": loss}
+        # MeanMetric weighs by samples, exact across ranks and a short last batch
+        mean_loss = getattr(self, f"{stage}_loss")
+        mean_loss(loss, weight=len(inputs))
+        self.log(f"{stage}/loss", mean_loss, prog_bar=True)
+        return {"loss": loss, "scores": {"loss": losses.detach()}}
 
     def _log_epoch_metrics(self, stage: str) -> torch.Tensor:
         """Compute, log and reset the stage's image metrics; return its headline figure."""
@@ -176,24 +187,11 @@ class UNetModule(LightningModule):
         return headline
 
     def _class_names(self) -> list[str]:
-        """The DataModule's class names where it has them (scenes: background, 0..9), else indices."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        names = list(getattr(datamodule, "class_names", ()) or ())
-        if len(names) != self.hparams.num_classes:
-            names = [f"class{k}" for k in range(self.hparams.num_classes)]
-        return [name.replace(" ", "_") for name in names]
-
-    @override
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
-
-    @override
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    @override
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+        """The DataModule's class names (linked; scenes: background, 0..9), else indices."""
+        names = list(self.hparams.get("class_names") or ())
+        if len(names) != self.num_classes:
+            names = [f"class{k}" for k in range(self.num_classes)]
+        return [str(name).replace(" ", "_") for name in names]
 
     @override
     def on_train_start(self) -> None:
@@ -206,6 +204,7 @@ class UNetModule(LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         headline = self._log_epoch_metrics("val")
         self.val_best(headline)
         self.log(f"val/{'miou' if self.task == 'segmentation' else 'psnr'}_best", self.val_best.compute())
@@ -215,7 +214,7 @@ class UNetModule(LightningModule):
         self._log_epoch_metrics("test")
 
     @override
-    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Segmentation: {mask, target} uint8 [B, H, W] and each scene's foreground mean IoU `miou`
         (NaN for a scene with no foreground in either). Denoise: {denoised} uint8 [B, C, H, W] and
         each image's `psnr` and `psnr_noisy` in dB."""
@@ -223,24 +222,16 @@ class UNetModule(LightningModule):
         outputs = self(inputs).float()
         if self.task == "segmentation":
             pred = outputs.argmax(1)
-            k = self.hparams.num_classes
+            k = self.num_classes
             pred_hot, true_hot = F.one_hot(pred, k)[..., 1:], F.one_hot(targets, k)[..., 1:]
             inter = (pred_hot & true_hot).sum((1, 2)).float()
             union = (pred_hot | true_hot).sum((1, 2)).float()
             miou = (inter / union).nanmean(1)  # classes in neither are 0/0 = NaN and skipped
             return {"mask": pred.to(torch.uint8), "target": targets.to(torch.uint8), "miou": miou}
         denoised = outputs.clamp(0, 1)
-
-        def psnr(images: torch.Tensor) -> torch.Tensor:
-            mse = (images.float() - targets.float()).square().mean((1, 2, 3))
-            return -10 * torch.log10(mse.clamp(min=1e-10))
-
-        return {
-            "denoised": (denoised * 255).round().to(torch.uint8),
-            "psnr": psnr(denoised),
-            "psnr_noisy": psnr(inputs),
+        targets = targets.float()
+        psnr = {
+            name: peak_signal_noise_ratio(images.float(), targets, data_range=1.0, reduction="none", dim=(1, 2, 3))
+            for name, images in (("psnr", denoised), ("psnr_noisy", inputs))
         }
-
-    @override
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.optimizer, self.lr_scheduler)
+        return {"denoised": (denoised * 255).round().to(torch.uint8), **psnr}

@@ -1,18 +1,19 @@
-"""VAE (Kingma & Welling 2014): the AutoEncoder's networks with a Gaussian posterior over the code,
-trained on the negative ELBO (reconstruction + beta * KL, in nats per image); samples from the prior,
-an importance-weighted bound on -log p(x) at test time (Burda et al. 2015), and anomaly scores."""
+"""VAE (Kingma & Welling 2014): the AutoEncoder with a Gaussian posterior over the code (a
+GaussianEncoder in place of its encoder), trained on the negative ELBO (reconstruction + beta * KL, in
+nats per image); samples from the prior, an importance-weighted bound on -log p(x) at test time (Burda
+et al. 2015), and anomaly scores."""
 
 import math
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from cnnlab.errors import CnnlabError
-from lightning_modules.autoencoder import AutoEncoder, Batch, ReconstructionLoss
-from lightning_modules.optimization import keep_loadable_hparams
-from networks.blocks import Upsampling
+from cnnlab.protocol import Batch, EvalOutput
+from lightning_modules.autoencoder import AutoEncoder
+from networks.autoencoder import GaussianEncoder
 
 # exp(LOGVAR_MAX) ~ 5e8 and exp(LOGVAR_MIN) ~ 1e-13 are finite in float32; an encoder that leaves
 # this range early in training (or under a too-high learning rate) would give inf/NaN KL terms.
@@ -31,11 +32,11 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 class VAE(AutoEncoder):
-    """A convolutional variational autoencoder with a standard normal prior.
+    """A convolutional variational autoencoder with a standard normal prior. It takes the AutoEncoder's
+    arguments too (image_shape, latent_dim, channels, upsample, reconstruction_loss, optimizer,
+    lr_scheduler); with mse the decoder is a Gaussian of fixed std `gaussian_std`.
 
     Args:
-        (image_shape, latent_dim, channels, upsample, reconstruction_loss, optimizer, lr_scheduler:
-        see AutoEncoder; with mse the decoder is a Gaussian of fixed std `gaussian_std`.)
         beta: Weight of the KL term in the training loss (beta-VAE, Higgins et al. 2017); 1 is the ELBO.
         kl_warmup_steps: The KL weight rises linearly from 0 to beta over this many training steps
             (Bowman et al. 2016; 0: no warm-up). Validation and test always use beta.
@@ -43,25 +44,17 @@ class VAE(AutoEncoder):
         gaussian_std: Standard deviation of the Gaussian likelihood when reconstruction_loss is mse.
     """
 
-    latent_heads = 2
-
     def __init__(
         self,
-        image_shape: tuple[int, int, int] = (1, 28, 28),
-        latent_dim: int = 16,
-        channels: tuple[int, ...] = (32, 64, 128),
-        upsample: Upsampling = "nearest",
-        reconstruction_loss: ReconstructionLoss = "bce",
+        *args,
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
         iwae_samples: int = 8,
         gaussian_std: float = 0.1,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(image_shape, latent_dim, channels, upsample, reconstruction_loss, optimizer, lr_scheduler)
+        super().__init__(*args, **kwargs)
         self.save_hyperparameters()
-        keep_loadable_hparams(self)
         if beta < 0 or kl_warmup_steps < 0 or iwae_samples < 0 or gaussian_std <= 0:
             raise CnnlabError(
                 f"VAE settings out of range: beta {beta}, kl_warmup_steps {kl_warmup_steps}, iwae_samples "
@@ -75,13 +68,15 @@ class VAE(AutoEncoder):
                 setattr(self, f"{stage}_{name}", MeanMetric())
         self.test_iwae_nll = MeanMetric()
 
-    # -- the protocol of DESIGN.md -----------------------------------------------------------
+    @override
+    def build_encoder(self, image_shape: tuple[int, int, int], channels: tuple[int, ...], latent_dim: int) -> nn.Module:
+        return GaussianEncoder(image_shape, channels, latent_dim, LOGVAR_MIN, LOGVAR_MAX)
+
+    # -- the protocol (cnnlab/protocol.py) -----------------------------------------------------
 
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of q(z|x), float32 and the log-variance clamped to a finite range:
-        exp() of an fp16 log-variance overflows above 11."""
-        mu, logvar = super().encode(images).float().chunk(2, dim=1)
-        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        """Mean and log-variance of q(z|x), float32, the log-variance clamped to a finite range."""
+        return self.encoder(images.contiguous(memory_format=torch.channels_last))
 
     @override
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -103,11 +98,10 @@ class VAE(AutoEncoder):
         loss: the negative ELBO (= per_sample_loss). latent_kl: KL(q(z|x) || p(z)), how far the
         posterior lies from the prior. latent_distance: squared Mahalanobis distance of the posterior
         mean to a Gaussian fitted to the validation images' means at the last validation.
-        combined: loss and latent_distance standardised and summed (AutoEncoder.combine_scores).
+        combined: loss and latent_distance standardised and summed (LatentScores).
         """
         recon, kl, mu = self._terms(batch[0])
-        scores = {"loss": recon + kl, "latent_distance": self.latent_gaussian.distance(mu)}
-        return {**self.combine_scores(scores), "latent_kl": kl}
+        return {**self.latent_scores.scores(mu, recon + kl), "latent_kl": kl}
 
     # -- the objective -------------------------------------------------------------------------
 
@@ -161,7 +155,7 @@ class VAE(AutoEncoder):
     # -- training ------------------------------------------------------------------------------
 
     @override
-    def _shared_step(self, batch: Batch, stage: str) -> torch.Tensor:
+    def _shared_step(self, batch: Batch, stage: str) -> EvalOutput:
         images, _ = batch
         recon, kl, mu = self._terms(images)
         neg_elbo = recon + kl
@@ -172,10 +166,9 @@ class VAE(AutoEncoder):
             self.log_dict({f"train/{name}": values[name] for name in STAGE_METRICS[1:]})
             if self.kl_warmup_steps:
                 self.log("train/kl_weight", self.kl_weight(self.global_step))
-            return loss
+            return {"loss": loss}
         if stage == "val":
-            self.latent_gaussian.update(mu)
-            self.loss_gaussian.update(neg_elbo[:, None])
+            self.latent_scores.update(mu, neg_elbo)
         for name in STAGE_METRICS:
             metric = getattr(self, f"{stage}_{name}")
             metric(values[name], weight=len(images))
@@ -183,4 +176,5 @@ class VAE(AutoEncoder):
         if stage == "test" and self.iwae_samples:
             self.test_iwae_nll(self.iwae_nll(images, self.iwae_samples))
             self.log("test/iwae_nll", self.test_iwae_nll)
-        return loss
+        scores = self.latent_scores.scores(mu.detach(), neg_elbo.detach())
+        return {"loss": loss, "scores": {**scores, "latent_kl": kl.detach()}}

@@ -47,6 +47,35 @@ class ConvEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
 
+    def input_layer(self) -> nn.Conv2d:
+        """The first convolution."""
+        return self.features[0][0]
+
+
+class GaussianEncoder(nn.Module):
+    """A ConvEncoder whose output is the mean and log-variance of a diagonal Gaussian over the code
+    (a VAE's q(z|x)): float32, the log-variance clamped to [logvar_min, logvar_max] so that exp() of it
+    stays finite (exp() of an fp16 log-variance overflows above 11)."""
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        channels: Sequence[int],
+        latent_dim: int,
+        logvar_min: float = -30.0,
+        logvar_max: float = 20.0,
+    ) -> None:
+        super().__init__()
+        self.body = ConvEncoder(image_shape, channels, 2 * latent_dim)
+        self.logvar_min, self.logvar_max = logvar_min, logvar_max
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.body(x).float().chunk(2, dim=1)
+        return mu, logvar.clamp(self.logvar_min, self.logvar_max)
+
+    def input_layer(self) -> nn.Conv2d:
+        return self.body.input_layer()
+
 
 class ConvDecoder(nn.Module):
     """A linear layer to the encoder's last feature map, one DecoderBlock per entry of `channels`

@@ -42,6 +42,10 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
+    def input_layer(self) -> nn.Conv2d | None:
+        """The first convolution (what FilterAndFeatureMaps draws); None: no convolution."""
+        return None
+
 
 class LeNet5(nn.Module):
     """LeNet-5 (LeCun et al. 1998): tanh, average-pool subsampling, 120-84 head.
@@ -77,6 +81,10 @@ class LeNet5(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def input_layer(self) -> nn.Conv2d | None:
+        """The first convolution (what FilterAndFeatureMaps draws)."""
+        return self.features[0]
 
 
 class AlexNetSmall(nn.Module):
@@ -118,6 +126,10 @@ class AlexNetSmall(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def input_layer(self) -> nn.Conv2d | None:
+        """The first convolution (what FilterAndFeatureMaps draws)."""
+        return self.features[0]
+
 
 class SmallCNN(nn.Module):
     """A small modern CNN for MNIST: conv-BN-ReLU layers with max-pooling between stages (one
@@ -143,6 +155,10 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def input_layer(self) -> nn.Conv2d | None:
+        """The first convolution (what FilterAndFeatureMaps draws)."""
+        return self.features[0][0]
 
 
 class BasicBlock(nn.Module):
@@ -187,6 +203,10 @@ class ResNetSmall(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def input_layer(self) -> nn.Conv2d | None:
+        """The first convolution (what FilterAndFeatureMaps draws)."""
+        return self.features[0][0]
 
 
 BACKBONES: dict[str, type[nn.Module]] = {

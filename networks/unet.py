@@ -5,15 +5,12 @@ Padded 3x3 convolutions with BatchNorm keep sizes; any input size works (padded 
 of 2**depth, the output cropped back), so MNIST's 28x28 needs no resizing.
 """
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-
-Upsampling = Literal["bilinear", "transpose"]
+from networks.blocks import Upsampling
 
 
 class DoubleConv(nn.Sequential):
@@ -33,13 +30,15 @@ class DoubleConv(nn.Sequential):
 class Up(nn.Module):
     """Double the resolution and halve the channels, concatenate the skip, fuse with DoubleConv."""
 
-    def __init__(self, in_channels: int, out_channels: int, upsampling: Upsampling) -> None:
+    def __init__(self, in_channels: int, out_channels: int, upsample: Upsampling) -> None:
         super().__init__()
-        if upsampling == "transpose":
+        if upsample == "transposed":
             self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
-        else:  # bilinear: no checkerboard artefacts (Odena et al. 2016); a 1x1 conv sets the channels
+        else:  # interpolation: no checkerboard artefacts (Odena et al. 2016); a 1x1 conv sets the channels
             self.up = nn.Sequential(
-                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Upsample(
+                    scale_factor=2, mode=upsample, **({} if upsample == "nearest" else {"align_corners": False})
+                ),
                 nn.Conv2d(in_channels, out_channels, kernel_size=1),
             )
         self.fuse = DoubleConv(2 * out_channels, out_channels)
@@ -56,7 +55,8 @@ class UNet(nn.Module):
         out_channels: Channels of the output (classes for segmentation, image channels for denoising).
         depth: Number of 2x downsamplings; level k has base_channels * 2**k channels.
         base_channels: Channels of the first level (64 in the paper).
-        upsampling: bilinear (+ 1x1 conv) or transpose (a learned 2x2 transposed conv, as the paper).
+        upsample: bilinear or nearest interpolation (+ 1x1 conv), or transposed (a learned 2x2 transposed
+            conv, as the paper).
     """
 
     def __init__(
@@ -65,7 +65,7 @@ class UNet(nn.Module):
         out_channels: int,
         depth: int = 4,
         base_channels: int = 64,
-        upsampling: Upsampling = "bilinear",
+        upsample: Upsampling = "bilinear",
     ) -> None:
         super().__init__()
         if depth < 1 or base_channels < 1 or in_channels < 1 or out_channels < 1:
@@ -73,15 +73,15 @@ class UNet(nn.Module):
                 f"UNet got depth={depth}, base_channels={base_channels}, in_channels={in_channels}, "
                 f"out_channels={out_channels}; all must be at least 1 (e.g. depth 3, base_channels 16)."
             )
-        if upsampling not in ("bilinear", "transpose"):
-            raise CnnlabError(f"UNet upsampling is '{upsampling}'; choose 'bilinear' or 'transpose'.")
+        if upsample not in ("nearest", "bilinear", "transposed"):
+            raise CnnlabError(f"UNet upsample is '{upsample}'; choose 'bilinear', 'nearest' or 'transposed'.")
         self.depth = depth
         widths = [base_channels * 2**k for k in range(depth + 1)]
         self.stem = DoubleConv(in_channels, widths[0])
         self.down = nn.ModuleList(
             nn.Sequential(nn.MaxPool2d(2), DoubleConv(widths[k], widths[k + 1])) for k in range(depth)
         )
-        self.up = nn.ModuleList(Up(widths[k + 1], widths[k], upsampling) for k in reversed(range(depth)))
+        self.up = nn.ModuleList(Up(widths[k + 1], widths[k], upsample) for k in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,3 +100,7 @@ class UNet(nn.Module):
         for up in self.up:
             y = up(y, skips.pop())
         return self.head(y)[..., top : top + h, left : left + w]
+
+    def input_layer(self) -> nn.Conv2d:
+        """The first convolution."""
+        return self.stem[0]
