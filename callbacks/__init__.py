@@ -1,4 +1,4 @@
-"""Callbacks: one per file; they talk to models only through DESIGN.md's protocol."""
+"""Callbacks: one per file; they talk to models only through cnnlab/protocol.py (docs/design.md)."""
 
 from callbacks.dense_prediction_grid import DensePredictionGrid
 from callbacks.filters_and_feature_maps import FilterAndFeatureMaps

@@ -1,95 +1,102 @@
 """Figures of per-pixel predictions on a fixed set of images: input | predicted mask | true mask with
 a colour per class (segmentation), or noisy | denoised | clean with each image's PSNR (denoising).
 
-It draws what the model's `predict_step` returns for a batch: a `mask` (and `target`) or a
-`denoised` image, at the end of each validation epoch and of `predict`.
+It draws what the model's `predict_step` returns (protocol: DensePredictor): a `mask` (and `target`)
+or a `denoised` image, for the first images of the validation split at the end of each validation
+epoch (every N epochs, and after the last) and for the first images of `predict`.
 """
 
 import torch
-from lightning.pytorch import Callback
+from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
-from callbacks import media
+from callbacks.figure import FigureCallback
 from callbacks.mask_palette import palette
+from callbacks.media import pyplot
+from cnnlab.errors import CnnlabError
+from cnnlab.protocol import DensePredictor
 
 
-class DensePredictionGrid(Callback):
+class DensePredictionGrid(FigureCallback):
     """Args:
     num_samples: Images shown: the first ones of the validation (or predict) split, the same every time.
-    every_n_epochs: Draw at every n-th validation epoch.
+    every_n_epochs: Draw at every n-th validation epoch (and the last).
     """
 
+    requires = (DensePredictor,)
+    draws_at_predict = True  # a `predict` with this callback has something to send to the loggers
+    needs_data = False  # class names where the DataModule has them, else the class indices
+    what = "a per-pixel model (segmentation or denoising)"
+
     def __init__(self, num_samples: int = 8, every_n_epochs: int = 1) -> None:
-        super().__init__()
+        super().__init__(every_n_epochs)
+        if num_samples < 1:
+            raise CnnlabError(f"DensePredictionGrid num_samples must be at least 1, got {num_samples}.")
         self.num_samples = num_samples
-        self.every_n_epochs = every_n_epochs
-        self._batches: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._batches: dict[str, list[tuple[torch.Tensor, ...]]] = {}
+
+    def _keep(self, stage: str, *tensors: torch.Tensor) -> None:
+        """Collect the first num_samples items of the stage's (unshuffled) batches, as the model saw them."""
+        kept = self._batches.setdefault(stage, [])
+        have = sum(len(part[0]) for part in kept)
+        if have < self.num_samples:
+            kept.append(tuple(t[: self.num_samples - have].detach() for t in tensors))
 
     @override
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        self._draw(trainer, pl_module, "val", trainer.val_dataloaders, tag=None)
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._batches.pop("val", None)
 
     @override
-    def on_predict_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            self._draw(trainer, pl_module, "predict", trainer.predict_dataloaders, tag="predict")
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        if dataloader_idx == 0 and self.draws(trainer):
+            self._keep("val", *batch)
 
-    def _fixed_batch(self, stage: str, loaders) -> tuple[torch.Tensor, ...] | None:
-        """The first num_samples items of the (unshuffled) loader, as the loader gives them; kept."""
-        if stage not in self._batches:
-            loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
-            if loader is None:
-                return None
-            parts, count = [], 0
-            for batch in loader:
-                parts.append(batch)
-                count += len(batch[0])
-                if count >= self.num_samples:
-                    break
-            if not parts:
-                return None
-            self._batches[stage] = tuple(torch.cat(items)[: self.num_samples] for items in zip(*parts, strict=True))
-        return self._batches[stage]
-
-    def _draw(self, trainer, pl_module, stage: str, loaders, tag: str | None) -> None:
-        batch = self._fixed_batch(stage, loaders)
-        if batch is None:
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not self.draws(trainer) or not self._batches.get("val"):
             return
-        # The same way to the model as any batch: to its device, then the DataModule's transforms
-        # (normalisation; for denoising the noise, fixed per image outside training).
-        batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-        datamodule = trainer.datamodule
-        hook = datamodule.on_after_batch_transfer if datamodule is not None else pl_module.on_after_batch_transfer
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.inference_mode():
-                batch = hook(batch, 0)
-                output = pl_module.predict_step(batch, 0)
-        finally:
-            pl_module.train(was_training)
-        denormalize = getattr(datamodule, "denormalize", lambda x: x.clamp(0, 1))
-        inputs, targets = batch
-        if "mask" in output:
+        if self.fitting(trainer) and not self.due(trainer):
+            return
+        inputs, targets = (torch.cat(items) for items in zip(*self._batches["val"], strict=True))
+        with self.evaluating(trainer, pl_module):
+            output = pl_module.predict_step((inputs, targets), 0)
+        self._draw(
+            trainer, pl_module, "val", inputs, targets, output, tag=None if self.fitting(trainer) else "validate"
+        )
+
+    @override
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._batches.pop("predict", None)
+
+    @override
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        if dataloader_idx == 0 and self.draws(trainer) and isinstance(outputs, dict):
+            keys = sorted(k for k, v in outputs.items() if isinstance(v, torch.Tensor))
+            self._keep("predict", *batch, *(outputs[k] for k in keys))
+            self._predict_keys = keys
+
+    @override
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.draws(trainer) and self._batches.get("predict"):
+            inputs, targets, *values = (torch.cat(items) for items in zip(*self._batches["predict"], strict=True))
+            output = dict(zip(self._predict_keys, values, strict=True))
+            self._draw(trainer, pl_module, "predict", inputs, targets, output, tag="predict")
+
+    def _draw(self, trainer, pl_module, stage: str, inputs, targets, output, tag: str | None) -> None:
+        if pl_module.task == "segmentation":
             figure = self._segmentation_figure(
-                denormalize(inputs.float()), output["mask"], targets, pl_module, datamodule
+                self.display(trainer, inputs), output["mask"], targets, pl_module.num_classes, self.class_names(trainer)
             )
-        elif "denoised" in output:
-            figure = self._denoise_figure(inputs.float(), output, targets.float())
         else:
-            return
-        media.log_figure(trainer, f"{stage}/predictions", figure, tag=tag)
+            figure = self._denoise_figure(inputs.float().cpu(), output, targets.float().cpu())
+        self.draw_figure(trainer, f"{stage}/predictions", figure, tag=tag)
 
     @staticmethod
-    def _segmentation_figure(images, predicted, true, pl_module, datamodule):
-        import matplotlib.pyplot as plt
+    def _segmentation_figure(images, predicted, true, num_classes: int, names: list[str]):
         from matplotlib.colors import ListedColormap
         from matplotlib.patches import Patch
 
-        num_classes = int(pl_module.hparams.get("num_classes") or int(max(predicted.max(), true.max())) + 1)
-        names = list(getattr(datamodule, "class_names", ()) or ())
+        plt = pyplot()
         if len(names) != num_classes:
             names = [str(k) for k in range(num_classes)]
         colours = palette(num_classes) / 255
@@ -113,8 +120,7 @@ class DensePredictionGrid(Callback):
 
     @staticmethod
     def _denoise_figure(noisy, output, clean):
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         denoised = output["denoised"].float() / 255
         rows = (
             ("noisy", noisy, output.get("psnr_noisy")),

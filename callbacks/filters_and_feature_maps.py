@@ -2,31 +2,27 @@
 operators and random kernels applied to a few input images, with the arithmetic of the output
 shape; then the first conv layer's learned kernels and feature maps beside the Sobel responses.
 
-"The first conv layer" is the first `nn.Conv2d` in `named_modules()` order; its input and output
-are caught by a forward hook while the module computes `per_sample_loss` on the images, so the
-callback needs no knowledge of the model beyond that.
+"The first conv layer" is the one the model names (protocol: FeatureMaps, `feature_layer()`); its
+input and output are caught by a forward hook while the model computes `per_sample_loss` on the
+images, so the callback needs no knowledge of the model beyond the protocol.
 """
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from callbacks import media
-from callbacks.inspection import display, due, evaluating, fixed_subset, fresh_start, model_input, split_dataset
+from callbacks.figure import FigureCallback, fixed_subset
 from callbacks.mosaic import Mosaic, colorize
 from cnnlab.errors import CnnlabError
+from cnnlab.protocol import FeatureMaps, PerSampleLoss
 from networks.kernels import SOBEL_X, SOBEL_Y, apply_kernels, conv_output_size, random_kernels, sobel
 
 
-def first_conv(module: nn.Module) -> tuple[str, nn.Conv2d] | None:
-    """The first nn.Conv2d in registration order (a network's input layer, as networks are written)."""
-    for name, child in module.named_modules():
-        if isinstance(child, nn.Conv2d):
-            return name, child
-    return None
+def layer_name(model: nn.Module, layer: nn.Module) -> str:
+    """The layer's attribute path in the model, for the figure's title (not to find it)."""
+    return next((name for name, module in model.named_modules() if module is layer), type(layer).__name__)
 
 
 def shape_text(shape) -> str:
@@ -40,13 +36,15 @@ def output_formula(size: int, kernel: int, stride: int, padding: int, dilation: 
     return f"⌊({size} + 2·{padding} - {span})/{stride}⌋ + 1 = {out}"
 
 
-class FilterAndFeatureMaps(Callback):
+class FilterAndFeatureMaps(FigureCallback):
     """Sobel and random-kernel figures once per run, learned kernels and feature maps as training goes.
 
     Figures (keys): `filters/sobel` (Gx, Gy, magnitude, direction per image), `filters/random_kernels`
     (random kernels under each stride/padding setting, outputs drawn to scale), `filters/first_conv`
     (before training, every n epochs, and at validate/test: the first Conv2d's kernels and feature
-    maps beside the Sobel kernels and responses, with input and output shapes).
+    maps beside the Sobel kernels and responses, with input and output shapes). Protocol:
+    PerSampleLoss and FeatureMaps; a model whose `feature_layer()` is None (the MLP) gets the Sobel and
+    random-kernel figures only.
 
     Args:
         num_images: Validation (or test) images shown, one class after another, chosen once.
@@ -58,6 +56,9 @@ class FilterAndFeatureMaps(Callback):
         seed: Chooses the images and the random kernels.
     """
 
+    requires = (PerSampleLoss, FeatureMaps)
+    what = "a model that names its first convolution (feature_layer)"
+
     def __init__(
         self,
         num_images: int = 4,
@@ -68,13 +69,12 @@ class FilterAndFeatureMaps(Callback):
         every_n_epochs: int = 1,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(every_n_epochs)
         conv_settings = [(1, 0), (1, 2), (2, 2)] if conv_settings is None else [tuple(s) for s in conv_settings]
-        if min(num_images, num_random_kernels, kernel_size, max_filters, every_n_epochs) < 1:
+        if min(num_images, num_random_kernels, kernel_size, max_filters) < 1:
             raise CnnlabError(
                 f"FilterAndFeatureMaps got num_images={num_images}, num_random_kernels={num_random_kernels}, "
-                f"kernel_size={kernel_size}, max_filters={max_filters}, every_n_epochs={every_n_epochs}; "
-                "each must be at least 1."
+                f"kernel_size={kernel_size}, max_filters={max_filters}; each must be at least 1."
             )
         if not conv_settings or any(len(s) != 2 or s[0] < 1 or s[1] < 0 for s in conv_settings):
             raise CnnlabError(
@@ -82,8 +82,7 @@ class FilterAndFeatureMaps(Callback):
                 f"padding >= 0, e.g. [[1, 0], [1, 2], [2, 2]]; got {conv_settings}."
             )
         self.num_images, self.num_random_kernels, self.kernel_size = num_images, num_random_kernels, kernel_size
-        self.conv_settings, self.max_filters = conv_settings, max_filters
-        self.every_n_epochs, self.seed = every_n_epochs, seed
+        self.conv_settings, self.max_filters, self.seed = conv_settings, max_filters, seed
         self._intro_done = False
         self._said_no_conv = False
 
@@ -91,34 +90,34 @@ class FilterAndFeatureMaps(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero:
+        if self.draws(trainer):
             self.intro(trainer, "val")
-            if fresh_start(trainer):
+            if self.fresh_start(trainer):
                 self.learned(trainer, pl_module, "val", tag="before-training", title="before training")
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if due(trainer, self.every_n_epochs) and trainer.is_global_zero:
+        if self.due(trainer) and self.draws(trainer):
             self.learned(trainer, pl_module, "val", tag=None, title=f"after epoch {trainer.current_epoch + 1}")
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.VALIDATING and trainer.is_global_zero:
+        if not self.fitting(trainer) and self.draws(trainer):
             self.intro(trainer, "val")
             self.learned(trainer, pl_module, "val", tag="validate", title="validate")
 
     @override
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero:
+        if self.draws(trainer):
             self.intro(trainer, "test")
             self.learned(trainer, pl_module, "test", tag="test", title="test")
 
     # -- what ------------------------------------------------------------------------------------
 
     def images(self, trainer: Trainer, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        dataset = split_dataset(trainer, split)
-        index = fixed_subset(dataset.labels, self.num_images, self.seed)
-        return dataset.images[index], dataset.labels[index]
+        images, labels = self.samples(trainer, split)
+        index = fixed_subset(labels, self.num_images, self.seed)
+        return images[index], labels[index]
 
     def intro(self, trainer: Trainer, split: str) -> None:
         """The two exercises that need no model: Sobel, and random kernels under strides/paddings."""
@@ -126,20 +125,20 @@ class FilterAndFeatureMaps(Callback):
             return
         self._intro_done = True
         images, _ = self.images(trainer, split)
-        shown = display(trainer, trainer.datamodule.transform(images, train=False))
-        media.log_figure(trainer, "filters/sobel", sobel_figure(shown), tag="sobel")
+        shown = self.display(trainer, trainer.datamodule.model_input(images))
+        self.draw_figure(trainer, "filters/sobel", sobel_figure(shown), tag="sobel")
         kernels = random_kernels(self.num_random_kernels, self.kernel_size, seed=self.seed)
         figure = random_kernels_figure(shown[0], kernels, self.conv_settings)
-        media.log_figure(trainer, "filters/random_kernels", figure, tag="random-kernels")
+        self.draw_figure(trainer, "filters/random_kernels", figure, tag="random-kernels")
 
     def feature_maps(self, trainer: Trainer, pl_module: LightningModule, split: str):
-        """The first Conv2d (name, layer) and what it received and produced for the fixed images
-        while the module computed `per_sample_loss`, plus the images for display; None if the
-        module has no Conv2d or does not use it."""
-        found = first_conv(pl_module)
-        if found is None:
+        """The model's feature layer (name, layer) and what it received and produced for the fixed
+        images while the module computed `per_sample_loss`, plus the images for display; None if the
+        model names no layer or does not use it."""
+        conv = pl_module.feature_layer()
+        if conv is None:
             return None
-        name, conv = found
+        name = layer_name(pl_module, conv)
         images, labels = self.images(trainer, split)
         caught: dict[str, torch.Tensor] = {}
 
@@ -149,14 +148,14 @@ class FilterAndFeatureMaps(Callback):
 
         handle = conv.register_forward_hook(catch)
         try:
-            with evaluating(trainer, pl_module):
-                x = model_input(trainer, pl_module, images)
+            with self.evaluating(trainer, pl_module):
+                x = self.model_input(trainer, pl_module, images)
                 pl_module.per_sample_loss((x, labels.to(pl_module.device)))
         finally:
             handle.remove()
         if "output" not in caught:
             return None
-        return name, conv, caught["input"], caught["output"], display(trainer, x)
+        return name, conv, caught["input"], caught["output"], self.display(trainer, x)
 
     def learned(self, trainer: Trainer, pl_module: LightningModule, split: str, tag: str | None, title: str) -> None:
         result = self.feature_maps(trainer, pl_module, split)
@@ -164,13 +163,14 @@ class FilterAndFeatureMaps(Callback):
             if not self._said_no_conv:
                 self._said_no_conv = True
                 rank_zero_info(
-                    f"FilterAndFeatureMaps: {type(pl_module).__name__} has no Conv2d that per_sample_loss uses; "
-                    "drawing the Sobel and random-kernel figures only."
+                    f"FilterAndFeatureMaps: {type(pl_module).__name__} names no convolution to draw (its "
+                    "feature_layer() is None or per_sample_loss does not use it); drawing the Sobel and "
+                    "random-kernel figures only."
                 )
             return
         name, conv, conv_input, conv_output, shown = result
         figure = first_conv_figure(shown, conv_input, conv_output, conv, name, self.max_filters, title)
-        media.log_figure(trainer, "filters/first_conv", figure, tag=tag)
+        self.draw_figure(trainer, "filters/first_conv", figure, tag=tag)
 
 
 # -- figures -------------------------------------------------------------------------------------

@@ -6,14 +6,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from callbacks import media
-from callbacks.inspection import display, due, evaluating, first_of_class, model_input, require, split_dataset
+from callbacks.figure import FigureCallback, first_of_class
 from callbacks.mosaic import Mosaic, colorize
 from cnnlab.errors import CnnlabError
+from cnnlab.protocol import LatentModel
 
 Method = Literal["linear", "slerp"]
 
@@ -42,12 +42,12 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 INTERPOLATE = {"linear": lerp, "slerp": slerp}
 
 
-class LatentInterpolationGIF(Callback):
+class LatentInterpolationGIF(FigureCallback):
     """Decode interpolations between the codes of validation images of chosen classes.
 
     One image per class of each pair is chosen once (reproducibly from `seed`). Each frame of
     the GIF shows every pair (rows) with every method (columns) at the same step; the strip shows
-    the input images at both ends and all steps in between. Needs `encode` and `decode`.
+    the input images at both ends and all steps in between. Protocol: LatentModel.
 
     Args:
         pairs: Class pairs [from, to], e.g. [[9, 4], [1, 7]].
@@ -60,6 +60,9 @@ class LatentInterpolationGIF(Callback):
         seed: Which image of each class is used.
     """
 
+    requires = (LatentModel,)
+    what = "a model that encodes and decodes"
+
     def __init__(
         self,
         pairs: list[tuple[int, int]] | None = None,
@@ -71,26 +74,26 @@ class LatentInterpolationGIF(Callback):
         every_n_epochs: int = 1,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(every_n_epochs)
         pairs = [(9, 4), (1, 7)] if pairs is None else [tuple(p) for p in pairs]
         methods = ["linear", "slerp"] if methods is None else list(methods)
         if not pairs or any(len(p) != 2 for p in pairs):
             raise CnnlabError(f"LatentInterpolationGIF pairs must be class pairs like [[9, 4], [1, 7]], got {pairs}.")
         if not methods or not set(methods) <= set(INTERPOLATE):
             raise CnnlabError(f"LatentInterpolationGIF methods must be from {sorted(INTERPOLATE)}, got {methods}.")
-        if steps < 2 or fps < 1 or scale < 1 or every_n_epochs < 1:
+        if steps < 2 or fps < 1 or scale < 1:
             raise CnnlabError(
-                f"LatentInterpolationGIF got steps={steps}, fps={fps}, scale={scale}, every_n_epochs="
-                f"{every_n_epochs}; expected steps >= 2 and the others >= 1."
+                f"LatentInterpolationGIF got steps={steps}, fps={fps}, scale={scale}; expected steps >= 2 and "
+                "the others >= 1."
             )
         self.pairs, self.methods, self.steps, self.bounce = pairs, methods, steps, bounce
-        self.fps, self.scale, self.every_n_epochs, self.seed = fps, scale, every_n_epochs, seed
+        self.fps, self.scale, self.seed = fps, scale, seed
         self._skipped_said = False
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        require(pl_module, ["encode", "decode"], "LatentInterpolationGIF", "a model that encodes and decodes")
-        num_classes = getattr(trainer.datamodule, "num_classes", None)
+        super().setup(trainer, pl_module, stage)
+        num_classes = trainer.datamodule.num_classes
         bad = [p for p in self.pairs if num_classes and not all(0 <= c < num_classes for c in p)]
         if bad:
             raise CnnlabError(
@@ -100,25 +103,25 @@ class LatentInterpolationGIF(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if due(trainer, self.every_n_epochs) and trainer.is_global_zero:
+        if self.due(trainer) and self.draws(trainer):
             self.draw(trainer, pl_module, "val")
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero:
+        if self.draws(trainer):
             self.draw(trainer, pl_module, "test", tag="test")
 
     def endpoints(self, trainer: Trainer, split: str) -> tuple[list[tuple[int, int]], torch.Tensor]:
         """The pairs the split can serve and their two images each, uint8 [P, 2, C, H, W]."""
-        dataset = split_dataset(trainer, split)
+        stored, labels = self.samples(trainer, split)
         pairs, images, missing = [], [], set()
         for a, b in self.pairs:
-            ia, ib = first_of_class(dataset.labels, a, self.seed), first_of_class(dataset.labels, b, self.seed)
+            ia, ib = first_of_class(labels, a, self.seed), first_of_class(labels, b, self.seed)
             if ia is None or ib is None:
                 missing |= {c for c, i in ((a, ia), (b, ib)) if i is None}
                 continue
             pairs.append((a, b))
-            images.append(dataset.images[[ia, ib]])
+            images.append(stored[[ia, ib]])
         if missing and not self._skipped_said:
             self._skipped_said = True
             rank_zero_info(
@@ -134,14 +137,14 @@ class LatentInterpolationGIF(Callback):
             return None
         t = torch.linspace(0, 1, self.steps)
         walks = []
-        with evaluating(trainer, pl_module):
-            x = model_input(trainer, pl_module, images.flatten(0, 1))
+        with self.evaluating(trainer, pl_module):
+            x = self.model_input(trainer, pl_module, images.flatten(0, 1))
             codes = pl_module.encode(x).float()
             for p in range(len(pairs)):
                 a, b = codes[2 * p], codes[2 * p + 1]
                 z = torch.cat([INTERPOLATE[m](a, b, t) for m in self.methods])
-                walks.append(display(trainer, pl_module.decode(z.to(x.dtype))))
-        shown = display(trainer, x)
+                walks.append(self.display(trainer, pl_module.decode(z.to(x.dtype))))
+        shown = self.display(trainer, x)
         frames = torch.stack(walks).unflatten(1, (len(self.methods), self.steps))
         return frames, shown.unflatten(0, (len(pairs), 2)), pairs
 
@@ -150,10 +153,9 @@ class LatentInterpolationGIF(Callback):
         if result is None:
             return
         frames, inputs, pairs = result
-        names = [str(c) for c in getattr(trainer.datamodule, "class_names", ())]
-        labels = [f"{names[a] if a < len(names) else a}→{names[b] if b < len(names) else b}" for a, b in pairs]
-        media.log_animation(trainer, "latent/interpolation", self.animation(frames), fps=self.fps, tag=tag)
-        media.log_figure(trainer, "latent/interpolation_strip", self.strip(frames, inputs, labels), tag=tag)
+        labels = [f"{self.class_name(trainer, a)}→{self.class_name(trainer, b)}" for a, b in pairs]
+        self.draw_animation(trainer, "latent/interpolation", self.animation(frames), fps=self.fps, tag=tag)
+        self.draw_figure(trainer, "latent/interpolation_strip", self.strip(frames, inputs, labels), tag=tag)
 
     def animation(self, frames: torch.Tensor) -> torch.Tensor:
         """[P, M, T, C, H, W] -> GIF frames [T', C, H', W']: pairs as rows, methods as columns."""

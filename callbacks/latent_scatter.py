@@ -4,26 +4,19 @@ before training and every n epochs, so "before" is visible next to "after"."""
 from typing import Literal
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
-from callbacks import media
-from callbacks.inspection import (
-    due,
-    evaluating,
-    fixed_subset,
-    fresh_start,
-    model_input,
-    pyplot,
-    require,
-    split_dataset,
-)
+from callbacks.figure import FigureCallback, fixed_subset
+from callbacks.media import pyplot
 from callbacks.projection import pca_2d, tsne_2d
 from cnnlab.errors import CnnlabError
+from cnnlab.protocol import LatentModel
 
 
-class LatentSpaceScatter(Callback):
-    """Encode a fixed subset of the validation split with `encode(x)` and draw it in 2-D.
+class LatentSpaceScatter(FigureCallback):
+    """Encode a fixed subset of the validation split with `encode(x)` (protocol: LatentModel) and
+    draw it in 2-D.
 
     latent_dim 2 is drawn as it is; larger codes are projected by PCA (default) or t-SNE.
     During `test` the test split is drawn once.
@@ -38,6 +31,9 @@ class LatentSpaceScatter(Callback):
         batch_size: Images encoded at once.
     """
 
+    requires = (LatentModel,)
+    what = "a model with a latent space"
+
     def __init__(
         self,
         num_samples: int = 1000,
@@ -47,46 +43,42 @@ class LatentSpaceScatter(Callback):
         seed: int = 0,
         batch_size: int = 500,
     ) -> None:
-        super().__init__()
-        if num_samples < 2 or every_n_epochs < 1 or batch_size < 1:
+        super().__init__(every_n_epochs)
+        if num_samples < 2 or batch_size < 1:
             raise CnnlabError(
-                f"LatentSpaceScatter got num_samples={num_samples}, every_n_epochs={every_n_epochs}, "
-                f"batch_size={batch_size}; expected num_samples >= 2 and the others >= 1."
+                f"LatentSpaceScatter got num_samples={num_samples}, batch_size={batch_size}; expected "
+                "num_samples >= 2 and batch_size >= 1."
             )
         if projection not in ("pca", "tsne"):
             raise CnnlabError(f"LatentSpaceScatter projection must be 'pca' or 'tsne', got '{projection}'.")
-        self.num_samples, self.every_n_epochs, self.projection = num_samples, every_n_epochs, projection
+        self.num_samples, self.projection = num_samples, projection
         self.perplexity, self.seed, self.batch_size = perplexity, seed, batch_size
 
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        require(pl_module, ["encode"], "LatentSpaceScatter", "a model with a latent space")
-
-    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if fresh_start(trainer) and trainer.is_global_zero:
+        if self.fresh_start(trainer) and self.draws(trainer):
             self.draw(trainer, pl_module, "val", tag="before-training", title="before training")
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if due(trainer, self.every_n_epochs) and trainer.is_global_zero:
+        if self.due(trainer) and self.draws(trainer):
             self.draw(trainer, pl_module, "val", tag=None, title=f"after epoch {trainer.current_epoch + 1}")
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero:
+        if self.draws(trainer):
             self.draw(trainer, pl_module, "test", tag="test", title="test split")
 
     def codes(self, trainer: Trainer, pl_module: LightningModule, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The subset's latent codes [N, D] (float32, CPU) and labels [N]."""
-        dataset = split_dataset(trainer, split)
-        index = fixed_subset(dataset.labels, self.num_samples, self.seed)
+        images, labels = self.samples(trainer, split)
+        index = fixed_subset(labels, self.num_samples, self.seed)
         codes = []
-        with evaluating(trainer, pl_module):
+        with self.evaluating(trainer, pl_module):
             for chunk in index.split(self.batch_size):
-                x = model_input(trainer, pl_module, dataset.images[chunk])
+                x = self.model_input(trainer, pl_module, images[chunk])
                 codes.append(pl_module.encode(x).float().flatten(1).cpu())
-        return torch.cat(codes), dataset.labels[index]
+        return torch.cat(codes), labels[index]
 
     def draw(self, trainer: Trainer, pl_module: LightningModule, split: str, tag: str | None, title: str) -> None:
         codes, labels = self.codes(trainer, pl_module, split)
@@ -103,9 +95,8 @@ class LatentSpaceScatter(Callback):
             points = tsne_2d(codes, self.perplexity, seed=self.seed)
             axes = ("t-SNE 1", "t-SNE 2")
             how = f"t-SNE of {dim}-D codes, perplexity {self.perplexity:g}"
-        class_names = [str(c) for c in getattr(trainer.datamodule, "class_names", ())]
-        figure = scatter_figure(points, labels, class_names, axes, f"{split}: {how}, {title}")
-        media.log_figure(trainer, "latent/scatter", figure, tag=tag)
+        figure = scatter_figure(points, labels, self.class_names(trainer), axes, f"{split}: {how}, {title}")
+        self.draw_figure(trainer, "latent/scatter", figure, tag=tag)
 
 
 def scatter_figure(points: torch.Tensor, labels: torch.Tensor, class_names: list[str], axes, title: str):

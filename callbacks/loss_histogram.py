@@ -1,23 +1,24 @@
-"""LossHistogram: the per-sample anomaly scores of a whole validation or test split, gathered
-across ranks with every sample exactly once: histograms of normal vs anomalous samples, a
-threshold from the normal validation scores, AUROC/AUPRC and precision/recall/F1 at the
-threshold, the most typical and most anomalous samples, and a per-sample CSV.
+"""LossHistogram: the per-sample scores of a whole validation or test split, as the evaluation steps
+computed them (protocol: EvalOutput), gathered across ranks with every sample exactly once: histograms
+of normal vs anomalous samples, a threshold from the normal validation scores, AUROC/AUPRC and
+precision/recall/F1 at the threshold, the most typical and most anomalous samples, and a per-sample CSV.
 """
 
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from typing_extensions import override
 
-from callbacks import media
-from callbacks.inspection import display, due, evaluating, model_input, pyplot, split_dataset
+from callbacks.figure import FigureCallback
+from callbacks.media import log_table, pyplot
 from callbacks.mosaic import Mosaic, colorize
 from cnnlab.errors import CnnlabError
+from cnnlab.gather import gather_ranks
+from cnnlab.protocol import AnomalyModel, EvaluationScores
 
 
 @dataclass
@@ -28,28 +29,6 @@ class SplitScores:
     label: torch.Tensor  # [N]
     scores: dict[str, torch.Tensor]  # name -> [N] float32
     is_anomaly: torch.Tensor  # [N] bool
-
-
-def scores_of(pl_module: LightningModule, batch) -> dict[str, torch.Tensor]:
-    """The module's anomaly scores of a batch: `anomaly_scores` where it has it, else its
-    `per_sample_loss` as the one score 'loss'. Each [B] float32, higher = more anomalous."""
-    if callable(getattr(pl_module, "anomaly_scores", None)):
-        scores = pl_module.anomaly_scores(batch)
-    else:
-        scores = {"loss": pl_module.per_sample_loss(batch)}
-    return {name: value.detach().float().flatten() for name, value in scores.items()}
-
-
-def gather_ragged(trainer: Trainer, tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a [n_r, ...] tensor of every rank, in rank order; n_r may differ by rank
-    (padded to the largest for all_gather, then trimmed)."""
-    if trainer.world_size == 1:
-        return tensor
-    counts = trainer.strategy.all_gather(torch.tensor([len(tensor)], device=tensor.device)).flatten()
-    padded = tensor.new_zeros((int(counts.max()), *tensor.shape[1:]))
-    padded[: len(tensor)] = tensor
-    gathered = trainer.strategy.all_gather(padded)
-    return torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
 
 
 def in_dataset_order(index: torch.Tensor, label: torch.Tensor, values: torch.Tensor):
@@ -105,22 +84,25 @@ def binary_report(scores: torch.Tensor, is_anomaly: torch.Tensor, threshold: flo
     return report
 
 
-class LossHistogram(Callback):
-    """Per-sample anomaly scores of whole splits at validation and test end.
+class LossHistogram(FigureCallback):
+    """Per-sample scores of whole splits at validation and test end.
 
-    The module's `anomaly_scores(batch)` (every score it offers) or `per_sample_loss(batch)`
-    (the score 'loss') is evaluated once more on each validation/test batch. At the end of the
-    split the scores of all ranks are gathered and put in dataset order, each sample once.
+    The scores are those the model's validation and test steps return (`EvalOutput["scores"]`: its
+    `per_sample_loss` as 'loss', and an anomaly model's every score), collected as the batches go:
+    no second forward pass. At the end of the split they are gathered from all ranks and put in
+    dataset order, each sample once.
 
     With `data.normal_classes` set, samples of other classes are anomalies: the threshold is the
-    `percentile` of the normal validation scores (at test, the validation split is scored with
-    the tested weights first), and per score `<stage>/<score>_auroc`, `_auprc`, `_threshold`,
-    `_precision`, `_recall`, `_f1` are logged (so they reach summary.json). Without normal
-    classes the histogram is drawn per class (or all together) and no AUROC is computed.
+    `percentile` of the normal validation scores (at test, those the model kept from its last
+    validation: `reference_scores()`), and per score `<stage>/<score>_auroc`, `_auprc`, `_threshold`,
+    `_precision`, `_recall`, `_f1` are logged, and the model's primary score again as `<stage>/auroc`,
+    `<stage>/auprc`, `<stage>/f1` (so they reach summary.json). Without normal classes the histogram
+    is drawn per class (or all together) and no AUROC is computed.
 
     Args:
         percentile: Threshold = this percentile of the normal validation scores.
-        score: The score that picks the most typical/anomalous samples and the 'flagged' column.
+        score: The score that picks the most typical/anomalous samples and the 'flagged' column;
+            None: the model's primary score (`primary_score`, else 'loss').
         bins: Histogram bins (shared by all groups of one score).
         log_x: Log-spaced bins and a log x axis; None decides per score: log where all scores are
             positive and span more than two decades (a classifier's cross-entropy does).
@@ -132,10 +114,13 @@ class LossHistogram(Callback):
         wandb_table_max_rows: Longest split sent to W&B as a table (the CSV always has every row).
     """
 
+    requires = (EvaluationScores,)
+    what = "evaluation steps that return per-sample scores (a cnnlab LightningModule)"
+
     def __init__(
         self,
         percentile: float = 95.0,
-        score: str = "loss",
+        score: str | None = None,
         bins: int = 60,
         log_x: bool | None = None,
         log_y: bool = False,
@@ -145,19 +130,18 @@ class LossHistogram(Callback):
         stages: list[Literal["val", "test"]] | None = None,
         wandb_table_max_rows: int = 20_000,
     ) -> None:
-        super().__init__()
+        super().__init__(every_n_epochs)
         stages = ["val", "test"] if stages is None else list(stages)
         if not 0 < percentile < 100:
             raise CnnlabError(f"LossHistogram percentile must lie between 0 and 100 (e.g. 95), got {percentile}.")
-        if bins < 1 or num_extremes < 0 or every_n_epochs < 1 or not set(stages) <= {"val", "test"}:
+        if bins < 1 or num_extremes < 0 or not set(stages) <= {"val", "test"}:
             raise CnnlabError(
-                f"LossHistogram got bins={bins}, num_extremes={num_extremes}, every_n_epochs={every_n_epochs}, "
-                f"stages={stages}; expected bins >= 1, num_extremes >= 0, every_n_epochs >= 1 and stages "
-                "from ['val', 'test']."
+                f"LossHistogram got bins={bins}, num_extremes={num_extremes}, stages={stages}; expected "
+                "bins >= 1, num_extremes >= 0 and stages from ['val', 'test']."
             )
         self.percentile, self.score, self.bins = percentile, score, bins
         self.log_x, self.log_y, self.per_class = log_x, log_y, per_class
-        self.num_extremes, self.every_n_epochs, self.stages = num_extremes, every_n_epochs, stages
+        self.num_extremes, self.stages = num_extremes, stages
         self.wandb_table_max_rows = wandb_table_max_rows
         self._active = False
         self._order: list[int] = []
@@ -168,19 +152,24 @@ class LossHistogram(Callback):
 
     def _start(self, trainer: Trainer, stage: str, loaders) -> None:
         self._batches = []
-        fitting = trainer.state.fn == TrainerFn.FITTING
         self._active = (
-            stage in self.stages and not trainer.sanity_checking and (not fitting or due(trainer, self.every_n_epochs))
+            stage in self.stages and not trainer.sanity_checking and (not self.fitting(trainer) or self.due(trainer))
         )
         if self._active:
             loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
             self._order = loader_order(loader, "LossHistogram")
 
-    def _collect(self, trainer: Trainer, pl_module: LightningModule, batch, dataloader_idx: int) -> None:
-        if self._active and dataloader_idx == 0:
-            with evaluating(trainer, pl_module):
-                scores = scores_of(pl_module, batch)
-            self._batches.append((batch[1].detach(), scores))
+    def _collect(self, pl_module: LightningModule, outputs, batch, dataloader_idx: int) -> None:
+        if not self._active or dataloader_idx != 0:
+            return
+        scores = outputs.get("scores") if isinstance(outputs, dict) else None
+        if not scores:
+            raise CnnlabError(
+                f"LossHistogram reads the per-sample scores that {type(pl_module).__name__}'s validation and "
+                "test steps return ({'loss': ..., 'scores': {'loss': per-sample losses}}, cnnlab/protocol.py's "
+                "EvalOutput), but this step returned none. Return them from the step, or remove LossHistogram."
+            )
+        self._batches.append((batch[1].detach(), {name: v.detach().float().flatten() for name, v in scores.items()}))
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -192,11 +181,11 @@ class LossHistogram(Callback):
 
     @override
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
-        self._collect(trainer, pl_module, batch, dataloader_idx)
+        self._collect(pl_module, outputs, batch, dataloader_idx)
 
     @override
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
-        self._collect(trainer, pl_module, batch, dataloader_idx)
+        self._collect(pl_module, outputs, batch, dataloader_idx)
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -212,12 +201,12 @@ class LossHistogram(Callback):
         """This rank's batches -> every rank's samples in dataset order, duplicates dropped."""
         batches, self._batches, self._active = self._batches, [], False
         names = sorted(batches[0][1]) if batches else []
-        if trainer.world_size > 1:  # every rank must agree on the names, or all_gather would hang
+        if trainer.world_size > 1:  # every rank must agree on the names, or the gather would hang
             names = trainer.strategy.broadcast(names, src=0)
         for _, scores in batches:
             if sorted(scores) != names:
                 raise CnnlabError(
-                    f"LossHistogram: {type(pl_module).__name__}.anomaly_scores returned the scores "
+                    f"LossHistogram: {type(pl_module).__name__}'s evaluation step returned the scores "
                     f"{sorted(scores)} for one batch and {names} for another; it must return the same names "
                     "for every batch."
                 )
@@ -230,8 +219,8 @@ class LossHistogram(Callback):
         # The loader's own order says which sample each score belongs to; a shortened epoch
         # (limit_*_batches) covers a prefix of it.
         index = torch.tensor(self._order[: len(labels)], dtype=torch.long, device=device)
-        meta = gather_ragged(trainer, torch.stack([index, labels.long()], dim=1)).cpu()
-        values = gather_ragged(trainer, values.float()).cpu()
+        meta = gather_ranks(torch.stack([index, labels.long()], dim=1)).cpu()
+        values = gather_ranks(values.float()).cpu()
         index, label, values = in_dataset_order(meta[:, 0], meta[:, 1], values)
         return SplitScores(
             index=index,
@@ -240,43 +229,42 @@ class LossHistogram(Callback):
             is_anomaly=trainer.datamodule.is_anomaly(label).cpu(),
         )
 
-    def _validation_scores(self, trainer: Trainer, pl_module: LightningModule) -> SplitScores:
-        """Score the validation split with the weights under test (the threshold comes from it)."""
-        datamodule = trainer.datamodule
-        if "val" not in datamodule.splits:  # a `test` run loads only the test split
-            datamodule.setup("validate")
-        loader = datamodule.val_dataloader()
-        self._order, self._batches = loader_order(loader, "LossHistogram"), []
-        for batch in loader:
-            batch = trainer.strategy.batch_to_device(batch)
-            with evaluating(trainer, pl_module):
-                self._batches.append((batch[1].detach(), scores_of(pl_module, batch)))
-        return self._gather(trainer, pl_module)
-
     # -- reporting -------------------------------------------------------------------------------
+
+    def _primary(self, pl_module: LightningModule) -> str:
+        return pl_module.primary_score if isinstance(pl_module, AnomalyModel) else "loss"
 
     def _report(self, trainer: Trainer, pl_module: LightningModule, stage: str, split: SplitScores) -> None:
         if not split.scores:
             return
-        if self.score not in split.scores:
+        shown = self.score or self._primary(pl_module)
+        if shown not in split.scores:
             raise CnnlabError(
-                f"LossHistogram.score is '{self.score}', but {type(pl_module).__name__} offers the scores "
+                f"LossHistogram.score is '{shown}', but {type(pl_module).__name__} offers the scores "
                 f"{sorted(split.scores)}. Set score to one of them."
             )
-        anomaly_split = getattr(trainer.datamodule, "normal_classes", None) is not None
+        anomaly_split = trainer.datamodule.normal_classes is not None
         thresholds: dict[str, float] = {}
         metrics: dict[str, float] = {}
         if anomaly_split:
-            val = split if stage == "val" else self._validation_scores(trainer, pl_module)
-            for name, values in val.scores.items():
-                normal = values[~val.is_anomaly]
-                if len(normal):
-                    thresholds[name] = float(torch.quantile(normal.double(), self.percentile / 100))
+            # At validation the split itself; at test the validation scores of these weights, which the
+            # model kept (validation holds normal samples only in an anomaly run).
+            reference = {n: v[~split.is_anomaly] for n, v in split.scores.items()} if stage == "val" else {}
+            reference = reference or pl_module.reference_scores()
+            for name, values in reference.items():
+                if len(values):
+                    thresholds[name] = float(torch.quantile(values.double(), self.percentile / 100))
             for name, values in split.scores.items():
                 report = binary_report(values, split.is_anomaly, thresholds.get(name))
                 if name in thresholds:
                     report["threshold"] = thresholds[name]
                 metrics |= {f"{stage}/{name}_{key}": value for key, value in report.items()}
+            primary = self._primary(pl_module)
+            metrics |= {
+                f"{stage}/{key}": metrics[f"{stage}/{primary}_{key}"]
+                for key in ("auroc", "auprc", "f1")
+                if f"{stage}/{primary}_{key}" in metrics
+            }
         elif not self._said_no_split:
             self._said_no_split = True
             rank_zero_info(
@@ -288,32 +276,34 @@ class LossHistogram(Callback):
         # where Lightning syncs (a mean of equal floats may round), and no rank is left out.
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
-        if trainer.is_global_zero:
-            self._draw(trainer, stage, split, thresholds, metrics, anomaly_split)
+        if self.draws(trainer):
+            self._draw(trainer, stage, split, thresholds, metrics, anomaly_split, shown)
 
-    def _draw(self, trainer: Trainer, stage: str, split: SplitScores, thresholds, metrics, anomaly_split) -> None:
-        class_names = [str(c) for c in getattr(trainer.datamodule, "class_names", ())]
-        name_of = lambda c: class_names[c] if 0 <= c < len(class_names) else str(c)  # noqa: E731
+    def _draw(
+        self, trainer: Trainer, stage: str, split: SplitScores, thresholds, metrics, anomaly_split, shown
+    ) -> None:
+        name_of = lambda c: self.class_name(trainer, c)  # noqa: E731
         figure = _histograms(self, split, thresholds, metrics, stage, anomaly_split, name_of)
-        media.log_figure(trainer, f"{stage}/loss_histogram", figure)
-        values = split.scores[self.score]
+        self.draw_figure(trainer, f"{stage}/loss_histogram", figure)
+        values = split.scores[shown]
         k = min(self.num_extremes, len(values))
         if k:
             picks = torch.cat([values.argsort()[:k], values.argsort(descending=True)[:k]])
-            dataset = split_dataset(trainer, stage)
-            images = torch.stack([dataset[i][0] for i in split.index[picks].tolist()])
-            shown = display(trainer, model_input(trainer, trainer.lightning_module, images))
-            media.log_figure(trainer, f"{stage}/extremes", _extremes(shown, split, picks, self.score, name_of, k))
+            images, _ = self.samples(trainer, stage)
+            stored = images[split.index[picks]]
+            shown_images = self.display(trainer, trainer.datamodule.model_input(stored))
+            extremes = _extremes(shown_images, split, picks, shown, name_of, k)
+            self.draw_figure(trainer, f"{stage}/extremes", extremes)
         columns = ["index", "label", *split.scores, "is_anomaly"]
         extra = []
-        if self.score in thresholds:  # what the threshold decides for each sample
+        if shown in thresholds:  # what the threshold decides for each sample
             columns.append("flagged")
-            extra = [(values > thresholds[self.score]).tolist()]
+            extra = [(values > thresholds[shown]).tolist()]
         table = [split.index.tolist(), split.label.tolist(), *(v.tolist() for v in split.scores.values())]
         table += [split.is_anomaly.tolist(), *extra]
         rows = [list(row) for row in zip(*table, strict=True)]
         to_wandb = stage == "test" and len(rows) <= self.wandb_table_max_rows
-        media.log_table(trainer, f"{stage}/per_sample_scores", columns, rows, to_wandb=to_wandb)
+        log_table(trainer, f"{stage}/per_sample_scores", columns, rows, to_wandb=to_wandb)
 
 
 # -- figures (matplotlib imported here, not at start-up) ----------------------------------------

@@ -16,12 +16,6 @@ def palette(num_classes: int) -> np.ndarray:
     return (np.array(colours) * 255).round().astype(np.uint8)
 
 
-def colourize(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class masks [..., H, W] -> RGB images [..., 3, H, W] in [0, 1]."""
-    colours = torch.from_numpy(palette(num_classes)).float().div(255).to(masks.device)
-    return colours[masks.long().clamp(0, num_classes - 1)].movedim(-1, -3)
-
-
 def write_mask_png(path: Path, mask: torch.Tensor, num_classes: int) -> None:
     """An indexed (palette) PNG, as PASCAL VOC ships its masks: each pixel's value is its class, and
     image viewers show the class colours."""

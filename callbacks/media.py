@@ -15,6 +15,17 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use: figures are files, never
+    windows, and train.py's start-up does not pay for matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def log_dir(trainer: Trainer) -> Path:
     """Where `trainer.log_dir` points, without its broadcast: that property is a collective under
     DDP, so rank zero calling it alone would wait forever for the other ranks."""
@@ -40,8 +51,7 @@ def file_for(trainer: Trainer, key: str, suffix: str, tag: str | None = None) ->
 
 def log_figure(trainer: Trainer, key: str, figure: Any, tag: str | None = None) -> Path:
     """A matplotlib figure: PNG file, W&B image, TensorBoard figure. Closes the figure."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path = file_for(trainer, key, ".png", tag)
     figure.savefig(path, dpi=110, bbox_inches="tight")
     for logger in trainer.loggers:

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import torch
 
-from callbacks.inspection import pyplot
+from callbacks.media import pyplot
+from networks.kernels import LUMA
 
 
 def colorize(values: torch.Tensor, kind: str = "image") -> np.ndarray:
@@ -94,7 +95,7 @@ class Mosaic:
         for i, line in enumerate(values.tolist()):
             for j, value in enumerate(line):
                 x, y = left + (j + 0.5) * self.cell_w / k_w, top + (i + 0.5) * self.cell_h / k_h
-                dark = self.canvas[int(y), int(x)] @ np.array([0.299, 0.587, 0.114]) < 0.45
+                dark = self.canvas[int(y), int(x)] @ np.array(LUMA) < 0.45
                 style = {"ha": "center", "va": "center", "color": "white" if dark else "black"}
                 self.texts.append((x, y, f"{value:.2g}", style))
 

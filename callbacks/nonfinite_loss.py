@@ -1,4 +1,6 @@
-"""Stop a run at the first non-finite training loss, before a bad checkpoint can be written."""
+"""Stop a run at the first non-finite training loss or model state (weights, BatchNorm statistics),
+before a checkpoint of it can be written: every checkpoint a run keeps is finite, and resuming from the
+last one with a lower learning rate goes on from a state that can still train."""
 
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,9 +15,12 @@ NO_BAD_STEP = -1.0
 
 
 class NonFiniteLossGuard(Callback):
-    """Raise CnnlabError (step, value, last good checkpoint) when the training loss is NaN or inf.
+    """Raise CnnlabError (step, value, last finite checkpoint) when the training loss is NaN or inf, or
+    when a checkpoint is about to be written of a model whose parameters or buffers (BatchNorm's
+    running mean and variance) are not all finite. A loss can stay finite for a while after the state
+    overflowed (a BatchNorm running_var of inf), so the loss alone does not prove a state good.
 
-    Raising skips every later checkpoint save, so `last.ckpt` stays the last good state.
+    Raising skips every later checkpoint save, so `last.ckpt` stays the last finite state.
 
     On the CPU each step's loss is checked at once. On a GPU, reading the loss back at every step
     would make the CPU wait for the GPU each step, so it could no longer queue the next step while
@@ -116,6 +121,22 @@ class NonFiniteLossGuard(Callback):
         # Called while the checkpoint is put together, before it is written: raising here writes nothing.
         if trainer.state.fn == "fit":
             self._check_now(trainer)
+            self._check_state(trainer, pl_module)
+
+    def _check_state(self, trainer, pl_module) -> None:
+        """Every floating-point parameter and buffer finite (one read-back for the whole model)."""
+        tensors = [
+            (n, t) for n, t in (*pl_module.named_parameters(), *pl_module.named_buffers()) if t.is_floating_point()
+        ]
+        if not tensors:
+            return
+        finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors])
+        bad = not bool(finite.all())
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            names = [n for (n, _), ok in zip(tensors, finite.tolist(), strict=True) if not ok][:3]
+            self._raise(trainer, None, state=names or ["(on another process)"])
 
     @override
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -133,20 +154,27 @@ class NonFiniteLossGuard(Callback):
     # -- the error -----------------------------------------------------------------------------
 
     @staticmethod
-    def _raise(trainer, first: tuple[float, float, float, float] | None) -> None:
+    def _raise(trainer, first: tuple[float, float, float, float] | None, state: list[str] | None = None) -> None:
         checkpoint = trainer.checkpoint_callback
         last = Path(checkpoint.dirpath or "", "last.ckpt") if checkpoint is not None else None
-        kept = (
-            f"The last good checkpoint is {last}; resume from it with --ckpt_path last"
-            if last is not None and last.is_file()
-            else "No checkpoint had been written yet"
-        )
-        where = (
-            f"became {first[3]} at step {int(first[0])} (epoch {int(first[1])}, batch {int(first[2])})"
-            if first is not None
-            else f"became non-finite on another process by step {trainer.global_step}"
-        )
+        if last is not None and last.is_file():
+            step = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+            kept = (
+                f"The last finite checkpoint is {last} (step {step}). Resume from it with a lower learning rate: "
+                "add --ckpt_path last and the lower rate (--model.optimizer.init_args.lr, and "
+                "--model.lr_scheduler.init_args.max_lr for a one-cycle schedule) to the command; settings given "
+                "beside --ckpt_path apply from the step it resumes at"
+            )
+        else:
+            kept = "No checkpoint had been written yet; start again with a lower learning rate"
+        if state is not None:
+            what = f"The model's state became non-finite by step {trainer.global_step} ({', '.join(state)})"
+        elif first is not None:
+            step, epoch, batch, value = int(first[0]), int(first[1]), int(first[2]), first[3]
+            what = f"The training loss became {value} at step {step} (epoch {epoch}, batch {batch})"
+        else:
+            what = f"The training loss became non-finite on another process by step {trainer.global_step}"
         raise CnnlabError(
-            f"The training loss {where}, so the run stopped. {kept}. Lower the learning rate, add gradient "
-            "clipping (--trainer.gradient_clip_val 1.0), or check the data for bad values."
+            f"{what}, so the run stopped before saving it. {kept}. Gradient clipping (--trainer.gradient_clip_val "
+            "1.0) also helps; if the loss is non-finite from the first step, check the data for bad values."
         )
