@@ -13,39 +13,30 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.errors import CnnlabError
-from datamodules.noise import Noise, add_noise
+from datamodules.noise import Noise, add_noise, fixed_noisy_copy
 
 Split = Literal["train", "val", "test"]
+SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}  # each split its own random stream of data_seed
 
 
 class InMemoryImages(Dataset):
-    """A split as two tensors; `__getitems__` lets the DataLoader fetch a whole batch with one
-    index operation instead of one `__getitem__` and a collate per sample."""
+    """A split as tensors: uint8 images, labels, and the batches' targets (the labels, or for a
+    denoising evaluation split the clean images). `__getitems__` lets the DataLoader fetch a whole
+    batch with one index operation instead of one `__getitem__` and a collate per sample."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> None:
         self.images, self.labels = images, labels
+        self.targets = labels if targets is None else targets
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+        return self.images[index], self.targets[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices)
-        return self.images[index], self.labels[index]
-
-
-class IndexedImages(InMemoryImages):
-    """A split whose batches carry dataset indices in place of labels: denoising runs, where the
-    index fixes each evaluation image's noise."""
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], torch.tensor(index)
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices)
-        return self.images[index], index
+        return self.images[index], self.targets[index]
 
 
 def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,8 +61,9 @@ class ImageDataModule(LightningDataModule):
         predict_split: Which split `predict` runs over.
         noise: Denoising runs: batches become (noisy, clean) float images in [0, 1] (needs normalize
             false). gaussian adds N(0, noise_level**2); salt_and_pepper turns a fraction noise_level
-            of pixels black or white. Training noise comes from the model seed; validation/test/predict
-            noise is fixed per image by data_seed, so their metrics are reproducible.
+            of pixels black or white. Training noise is fresh every batch (the model seed);
+            validation/test/predict images get theirs once, from data_seed, so their metrics are
+            reproducible.
         noise_level: Std of the Gaussian noise, or fraction of salt-and-pepper pixels.
         download: Let torchvision download missing files.
         num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
@@ -144,6 +136,7 @@ class ImageDataModule(LightningDataModule):
         self.download = download
         self.num_workers = num_workers
         self.splits: dict[str, InMemoryImages] = {}
+        self._noisy: dict[str, InMemoryImages] = {}  # denoising: each evaluation split with its fixed noise
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- what a subclass provides ------------------------------------------------------------
@@ -152,11 +145,30 @@ class ImageDataModule(LightningDataModule):
         """Read the official train or test split as (uint8 images [N, C, H, W], int64 labels [N])."""
         raise NotImplementedError
 
+    def split_files(self, train: bool) -> str:
+        """The files a split is read from, for error messages."""
+        return str(self.data_dir)
+
     def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
         """Augment a float batch in [0, 1] on its device (training batches only)."""
         return images
 
-    # -- what models and callbacks may ask -----------------------------------------------------
+    # -- what callbacks may ask (cnnlab/protocol.py's ImageData) ----------------------------------
+
+    def samples(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loaded split as stored: uint8 images [N, C, H, W] and labels [N]."""
+        if split not in self.splits:
+            raise CnnlabError(
+                f"The {split} split is not loaded in this run (loaded: {sorted(self.splits) or 'none'}). Figures "
+                "read validation images during fit and validate, and test images during test; check the "
+                "callback's split setting."
+            )
+        data = self.splits[split]
+        return data.images, data.labels
+
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Stored uint8 images -> the model's evaluation input: normalised, never augmented."""
+        return self.transform(images, train=False)
 
     def is_anomaly(self, labels: torch.Tensor) -> torch.Tensor:
         """True where a label is not a normal class (all False when no normal_classes are set)."""
@@ -173,22 +185,58 @@ class ImageDataModule(LightningDataModule):
 
     # -- Lightning hooks -------------------------------------------------------------------------
 
+    def checked_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """`load_split`, refusing content that would fail later or silently mislead: labels outside
+        the classes, images of another shape than the dataset's, counts that disagree."""
+        images, labels = self.load_split(train)
+        which = "training" if train else "test"
+        problems = []
+        if len(images) != len(labels):
+            problems.append(f"{len(images)} images but {len(labels)} labels")
+        if tuple(images.shape[1:]) != tuple(self.source_shape()):
+            problems.append(f"images of shape {tuple(images.shape[1:])}, not {tuple(self.source_shape())}")
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.source_classes()):
+            found = sorted({int(v) for v in labels.unique() if not 0 <= int(v) < self.source_classes()})
+            problems.append(
+                f"labels outside 0..{self.source_classes() - 1} ({', '.join(map(str, found[:8]))}"
+                f"{' ...' if len(found) > 8 else ''})"
+            )
+        if problems:
+            raise CnnlabError(
+                f"The {self.name} {which} split in {self.split_files(train)} is corrupt: {'; '.join(problems)}. "
+                f"Replace the files with good copies of {self.name} (or delete them to download them again)."
+            )
+        return images, labels
+
+    def source_shape(self) -> tuple[int, ...]:
+        """The shape of one stored image of the files (the dataset's image_shape)."""
+        return self.image_shape
+
+    def source_classes(self) -> int:
+        """How many classes the files' labels may name."""
+        return self.num_classes
+
+    def held_out(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(validation, training) positions in the official training split: `val_size` of them held out
+        at random from `data_seed`, the same in every run with that seed."""
+        if self.val_size >= len(labels):
+            raise CnnlabError(
+                f"data.val_size is {self.val_size}, but the {self.name} training split has only {len(labels)} "
+                f"images. Choose a val_size below {len(labels)}."
+            )
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.data_seed))
+        return order[: self.val_size], order[self.val_size :]
+
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and "train" not in self.splits:
-            images, labels = self.load_split(train=True)
-            if self.val_size >= len(labels):
-                raise CnnlabError(
-                    f"data.val_size is {self.val_size}, but the {self.name} training split has only "
-                    f"{len(labels)} images. Choose a val_size below {len(labels)}."
-                )
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.data_seed))
-            val_index, train_index = order[: self.val_size], order[self.val_size :]
+            images, labels = self.checked_split(train=True)
+            val_index, train_index = self.held_out(labels)
             train_index = self._select(train_index, labels, self.max_train_samples, normal_only=True)
             val_index = self._select(val_index, labels, self.max_eval_samples, normal_only=True)
             self.splits["train"] = InMemoryImages(images[train_index], labels[train_index])
             self.splits["val"] = InMemoryImages(images[val_index], labels[val_index])
         if stage in ("test", "predict", None) and "test" not in self.splits:
-            images, labels = self.load_split(train=False)
+            images, labels = self.checked_split(train=False)
             order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.data_seed))
             test_index = self._select(order, labels, self.max_eval_samples, normal_only=False)
             self.splits["test"] = InMemoryImages(images[test_index], labels[test_index])
@@ -201,13 +249,13 @@ class ImageDataModule(LightningDataModule):
         return self._loader(train, self.batch_size, shuffle=True, drop_last=len(train) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.splits["val"], self.eval_batch_size)
+        return self._loader(self._evaluation_split("val"), self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.splits["test"], self.eval_batch_size)
+        return self._loader(self._evaluation_split("test"), self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.splits[self.predict_split], self.eval_batch_size)
+        return self._loader(self._evaluation_split(self.predict_split), self.eval_batch_size)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         images, targets = batch
@@ -215,9 +263,10 @@ class ImageDataModule(LightningDataModule):
         inputs = self.transform(images, train=training)
         if self.noise is None:
             return inputs, targets
-        # Denoising: targets are dataset indices (IndexedImages), which fix each eval image's noise.
-        index = None if training else targets
-        return add_noise(inputs, self.noise, self.noise_level, index, seed=self.data_seed), inputs
+        if training:  # fresh noise every batch, after augmentation
+            return add_noise(inputs, self.noise, self.noise_level), inputs
+        # an evaluation split of a denoising run: (noisy, clean) uint8 images, the noise fixed in setup
+        return inputs, self.transform(targets, train=False)
 
     def transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 batch -> float model input: to [0, 1], augmented when `train`, normalised."""
@@ -230,6 +279,18 @@ class ImageDataModule(LightningDataModule):
         return x
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _evaluation_split(self, split: str) -> InMemoryImages:
+        """The dataset evaluation loaders read: the split, or in a denoising run the split's images with
+        their noise, drawn once from data_seed (the same in every epoch and on any device)."""
+        data = self.splits[split]
+        if self.noise is None:
+            return data
+        if split not in self._noisy:
+            seed = 10 * self.data_seed + SPLIT_STREAMS[split]
+            noisy = fixed_noisy_copy(data.images, self.noise, self.noise_level, seed)
+            self._noisy[split] = InMemoryImages(noisy, data.labels, targets=data.images)
+        return self._noisy[split]
 
     def _select(self, index: torch.Tensor, labels: torch.Tensor, cap: int | None, normal_only: bool) -> torch.Tensor:
         if normal_only and self.normal_classes is not None:
@@ -246,8 +307,6 @@ class ImageDataModule(LightningDataModule):
         drop_last: bool = False,
         sampler: Sampler | None = None,
     ) -> DataLoader:
-        if self.noise is not None:
-            dataset = IndexedImages(dataset.images, dataset.labels)
         if sampler is None and not shuffle and self.trainer is not None and self.trainer.world_size > 1:
             # Evaluation under DDP: each rank a strided shard, no padding. Lightning's default
             # DistributedSampler would pad with duplicates that skew metrics and per-sample figures.

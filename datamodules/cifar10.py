@@ -77,6 +77,10 @@ class CIFAR10DataModule(ImageDataModule):
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
         return images, torch.tensor(dataset.targets, dtype=torch.long)
 
+    def split_files(self, train: bool) -> str:
+        names = [name for name, _ in (CIFAR10.train_list if train else CIFAR10.test_list)]
+        return f"{self.folder}/ ({', '.join(names)})"
+
     def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
         if self.crop_padding > 0:
             images = random_crop(images, self.crop_padding)

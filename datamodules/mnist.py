@@ -102,6 +102,10 @@ class MNISTDataModule(ImageDataModule):
     def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
         return random_affine(images, self.max_rotation, self.max_shift)
 
+    def split_files(self, train: bool) -> str:
+        prefix = "train" if train else "t10k"
+        return f"{self.raw_folder}/{prefix}-images-idx3-ubyte and {prefix}-labels-idx1-ubyte"
+
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         if not self.binarize:

@@ -15,12 +15,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cnnlab.errors import CnnlabError
-from datamodules.base import ImageDataModule, InMemoryImages
+from datamodules.base import SPLIT_STREAMS, ImageDataModule, InMemoryImages
 from datamodules.mnist import MNISTDataModule
 
 MNIST_SIDE = 28
 CLUTTER_SIDE = 8
-SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}  # each split its own random stream of data_seed
 
 
 @dataclass(frozen=True)
@@ -280,24 +279,27 @@ class MNISTScenesDataModule(ImageDataModule):
         self.source.prepare_data()
 
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """MNIST's own split: digits uint8 [N, 1, 28, 28] and labels [N]."""
-        return self.source.load_split(train)
+        """MNIST's own split: digits uint8 [N, 1, 28, 28] and labels [N], checked as MNIST's are."""
+        return self.source.checked_split(train)
+
+    def split_files(self, train: bool) -> str:
+        return self.source.split_files(train)
+
+    def source_shape(self) -> tuple[int, ...]:
+        return self.source.image_shape
+
+    def source_classes(self) -> int:
+        return self.source.num_classes
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and "train" not in self.splits:
-            digits, labels = self.load_split(train=True)
-            if self.val_size >= len(labels):
-                raise CnnlabError(
-                    f"data.val_size is {self.val_size}, but MNIST's training split has only {len(labels)} "
-                    f"digits to make scenes of. Choose a val_size below {len(labels)}."
-                )
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.data_seed))
-            val_pool, train_pool = order[: self.val_size].sort().values, order[self.val_size :].sort().values
+            digits, labels = self.checked_split(train=True)
+            val_pool, train_pool = (index.sort().values for index in self.held_out(labels))
             self._train_pool = (digits[train_pool, 0], labels[train_pool])
             self.splits["train"] = self.make_scenes(digits[train_pool], labels[train_pool], "train")
             self.splits["val"] = self.make_scenes(digits[val_pool], labels[val_pool], "val")
         if stage in ("test", "predict", None) and "test" not in self.splits:
-            digits, labels = self.load_split(train=False)
+            digits, labels = self.checked_split(train=False)
             self.splits["test"] = self.make_scenes(digits, labels, "test")
         if stage == "predict" and self.predict_split != "test":
             self.setup("fit")

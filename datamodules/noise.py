@@ -1,8 +1,9 @@
-"""Noise for denoising runs, batched on the device: Gaussian and salt-and-pepper on images in [0, 1].
+"""Noise for denoising runs, batched: Gaussian and salt-and-pepper on images in [0, 1].
 
-Training batches draw from torch's RNG (the model seed). Evaluation batches get noise that is a
-function of (data seed, dataset index, pixel) through a counter-based hash, so an image has the
-same noise in every epoch, batch order, number of devices and kind of device: PSNR is reproducible.
+Training batches draw from torch's RNG on their device (the model seed), fresh every batch.
+Validation and test images get their noise once, when the DataModule sets the split up, from a
+generator seeded by the data seed: an image has the same noise in every epoch, batch order, number of
+devices and kind of device, so PSNR is reproducible (`fixed_noisy_copy`).
 """
 
 from typing import Literal
@@ -11,55 +12,31 @@ import torch
 
 Noise = Literal["gaussian", "salt_and_pepper"]
 
-_M32 = 0xFFFFFFFF
 
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """A bijection of 32-bit values held in int64 (xorshift-multiply rounds in the style of
-    lowbias32). Multipliers below 2**31 keep every product under 2**63: no int64 overflow."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _M32
-    x = x ^ (x >> 15)
-    x = (x * 0x5BD1E995) & _M32
-    return x ^ (x >> 16)
-
-
-def hashed_uniform(index: torch.Tensor, shape: tuple[int, ...], seed: int, stream: int) -> torch.Tensor:
-    """Uniform values in (0, 1), [B, *shape], fixed by (seed, stream, index[b], position)."""
-    numel = 1
-    for side in shape:
-        numel *= side
-    counter = torch.arange(numel, device=index.device, dtype=torch.int64)
-    key = index.to(torch.int64)[:, None] * numel + counter  # unique per (image, position)
-    mix = _hash32(torch.tensor((seed * 2654435761 + stream * 40503) & _M32, device=index.device))
-    x = _hash32((key & _M32) ^ _hash32((key >> 32) ^ mix))
-    x = _hash32((x + mix) & _M32)
-    return ((x.double() + 0.5) / 2**32).float().view(len(index), *shape)
-
-
-def add_noise(
-    clean: torch.Tensor, kind: Noise, level: float, index: torch.Tensor | None = None, seed: int = 0
-) -> torch.Tensor:
+def add_noise(clean: torch.Tensor, kind: Noise, level: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Noisy copy of a float batch [B, C, H, W] in [0, 1], clipped to [0, 1] as a real image is.
 
     gaussian: add N(0, level**2) to every value. salt_and_pepper: a fraction `level` of pixel
-    positions turn black or white (all channels, equal odds). `index` (dataset indices) makes the
-    noise fixed per image from `seed`; None draws it from torch's RNG.
+    positions turn black or white (all channels, equal odds). Random numbers come from `generator`
+    (on the batch's device), or torch's default RNG.
     """
-    b, c, h, w = clean.shape
+    b, _, h, w = clean.shape
     if kind == "gaussian":
-        if index is None:
-            gauss = torch.randn_like(clean)
-        else:  # Box-Muller from two hashed streams
-            u1 = hashed_uniform(index, (c, h, w), seed, stream=0).to(clean.device)
-            u2 = hashed_uniform(index, (c, h, w), seed, stream=1).to(clean.device)
-            gauss = (-2 * u1.log()).sqrt() * torch.cos(2 * torch.pi * u2)
-        return (clean + level * gauss.to(clean.dtype)).clamp(0, 1)
+        gauss = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+        return (clean + level * gauss).clamp(0, 1)
     if kind == "salt_and_pepper":
-        if index is None:
-            u = torch.rand(b, 1, h, w, device=clean.device)
-        else:
-            u = hashed_uniform(index, (1, h, w), seed, stream=2).to(clean.device)
+        u = torch.rand(b, 1, h, w, generator=generator, device=clean.device)
         noisy = torch.where(u < level / 2, torch.zeros_like(clean), clean)
         return torch.where(u > 1 - level / 2, torch.ones_like(clean), noisy)
     raise ValueError(f"unknown noise kind {kind!r}")
+
+
+def fixed_noisy_copy(images: torch.Tensor, kind: Noise, level: float, seed: int, chunk: int = 4096) -> torch.Tensor:
+    """A noisy copy of a whole uint8 split [N, C, H, W], drawn once from `seed` on the CPU and stored
+    as uint8 (a noisy photograph is 8-bit too; rounding adds noise of std 0.001 on [0, 1])."""
+    generator = torch.Generator().manual_seed(seed)
+    parts = [
+        (add_noise(part.float() / 255, kind, level, generator) * 255).round().to(torch.uint8)
+        for part in images.split(chunk)
+    ]
+    return torch.cat(parts) if parts else images.clone()
