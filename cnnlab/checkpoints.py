@@ -1,0 +1,329 @@
+"""`--ckpt_path`: which file it means, and how the checkpoint and the config agree.
+
+- `best` / `last` mean the best / last checkpoint of the experiment's latest run.
+- A checkpoint of another model class than the config's is refused, naming both.
+- The model is built with the checkpoint's arguments where the config *files* differ from them (the
+  run was trained with those), and says so. Model arguments given *on the command line* beside
+  `--ckpt_path` that differ from the checkpoint's are applied, visibly: a test with more importance
+  samples uses them; a resume with a lower learning rate trains with it from the step it resumes at
+  (`ResumeChanges`). Changes the checkpoint's weights cannot take (another width, another backbone) are
+  refused with the list of differences. Optimiser settings do nothing in an evaluation: said, not used.
+- A resume whose schedule was planned for a number of steps (one-cycle) is refused if the settings that
+  decide the number of steps changed, before anything is written.
+"""
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch import Callback, LightningModule, Trainer
+from typing_extensions import override
+
+from cnnlab.command_line import short
+from cnnlab.errors import CnnlabError
+from cnnlab.records import CHECKPOINT_KEY, read_summary
+from cnnlab.run_dir import CHECKPOINTS, latest_run_with_checkpoint, run_dir_of
+
+LINKED = ("image_shape", "num_classes", "class_names")  # DataModule properties linked into the model
+TRAINING = ("optimizer", "lr_scheduler")  # model arguments that only matter while training
+# Settings that decide how many steps a run takes: a schedule planned over the whole run needs them unchanged.
+PLAN = (
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.limit_train_batches",
+    "trainer.accumulate_grad_batches",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "data.init_args.batch_size",
+    "data.init_args.val_size",
+    "data.init_args.max_train_samples",
+    "data.init_args.normal_classes",
+    "data.init_args.train_scenes",
+)
+
+
+@dataclass
+class Checkpoint:
+    """What cnnlab reads from a checkpoint file before building anything."""
+
+    path: Path
+    run_dir: Path | None  # the training run it belongs to
+    class_path: str | None
+    hparams: dict
+    meta: dict  # checkpoint["cnnlab"]: seed, data seed, experiment, run directory, config
+    global_step: int | None
+    planned_steps: list[int] = field(default_factory=list)  # total_steps of schedules planned over the run
+    state_dict: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def seed(self) -> int | None:
+        return self.meta.get("seed")
+
+    @property
+    def run_finished(self) -> bool:
+        return self.run_dir is not None and read_summary(self.run_dir).get("status") == "finished"
+
+
+def resolve(ckpt: str, root: Path, experiment: str) -> Path:
+    """`best` / `last` (the experiment's latest run) or a path, as an existing file."""
+    if ckpt in ("last", "best"):
+        run = latest_run_with_checkpoint(root / experiment)
+        if run is None:
+            raise CnnlabError(
+                f"--ckpt_path {ckpt}: no earlier run of '{experiment}' under {root}/ has a checkpoint "
+                f"({root}/{experiment}/*/{CHECKPOINTS}/last.ckpt). Train one first (python train.py fit --config "
+                "...), or give the checkpoint's path."
+            )
+        path = run / CHECKPOINTS / f"{ckpt}.ckpt"
+        best = read_summary(run).get("best_checkpoint")
+        if ckpt == "best" and best and Path(best).is_file():
+            path = Path(best)
+        if not path.is_file():
+            raise CnnlabError(f"--ckpt_path {ckpt}: the latest run {run} has no {path.name}.")
+        return path
+    path = Path(ckpt)
+    if not path.is_file():
+        raise CnnlabError(
+            f"--ckpt_path {ckpt}: no such file. Give a checkpoint file (e.g. "
+            f"{root}/{experiment}/<run>/{CHECKPOINTS}/best.ckpt), or 'last' / 'best' for the latest run of "
+            f"'{experiment}'."
+        )
+    return path
+
+
+def read(path: Path) -> Checkpoint:
+    try:
+        raw = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except Exception as err:
+        raise CnnlabError(
+            f"--ckpt_path {path} cannot be read as a checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no message'}). It may have been cut short by an "
+            "interrupted save, or not be a checkpoint at all; give another (e.g. the run's last.ckpt) or train again."
+        ) from err
+    hparams = dict(raw.get("hyper_parameters") or {})
+    hparams.pop("_instantiator", None)
+    class_path = hparams.pop("_class_path", None)
+    planned = [
+        int(state["total_steps"])
+        for state in raw.get("lr_schedulers") or []
+        if isinstance(state, dict) and state.get("total_steps") is not None
+    ]
+    return Checkpoint(
+        path=path.resolve(),
+        run_dir=run_dir_of(path),
+        class_path=class_path,
+        hparams=hparams,
+        meta=dict(raw.get(CHECKPOINT_KEY) or {}),
+        global_step=raw.get("global_step"),
+        planned_steps=planned,
+        state_dict=raw.get("state_dict") or {},
+    )
+
+
+# -- comparing settings ------------------------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """A parsed or saved setting as plain data (namespaces as dicts, tuples as lists)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists are leaves."""
+    if not isinstance(value, dict) or not value:
+        return {prefix: value} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out |= flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def get(config: Namespace | dict, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        if isinstance(value, Namespace | dict):
+            value = value.get(part)
+        else:
+            return None
+    return plain(value)
+
+
+def given_on_command_line(key: str, explicit: dict[str, str], section: str) -> bool:
+    """Whether `section.key` (short form) or a section above it was set on the command line."""
+    parts = f"{section}.{key}".split(".")
+    return any(".".join(parts[:n]) in explicit for n in range(1, len(parts) + 1))
+
+
+def describe(differences: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{key} {now!r} (checkpoint: {then!r})" for key, (now, then) in differences.items())
+
+
+@dataclass
+class Agreement:
+    """How a command's config was reconciled with its checkpoint."""
+
+    from_checkpoint: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # config value, checkpoint value
+    applied: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # given value, checkpoint value
+    ignored: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    training_changed: bool = False  # optimiser/scheduler settings differ on a resume: ResumeChanges applies them
+
+    def record(self) -> dict:
+        out = {}
+        for name in ("from_checkpoint", "applied", "ignored"):
+            values = getattr(self, name)
+            if values:
+                out[name] = {key: {"now": now, "checkpoint": then} for key, (now, then) in values.items()}
+        return out
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.from_checkpoint:
+            notes.append(
+                "the model is built with the checkpoint's arguments where the config differs: "
+                + describe(self.from_checkpoint)
+            )
+        if self.applied:
+            notes.append("applied as given on the command line: " + describe(self.applied))
+        if self.ignored:
+            notes.append("ignored, optimiser settings do nothing in an evaluation: " + describe(self.ignored))
+        return notes
+
+
+def reconcile(config: Namespace, checkpoint: Checkpoint, explicit: dict[str, str], subcommand: str) -> Agreement:
+    """Compare the parsed config's model with the checkpoint's; refuse another model class; put the
+    checkpoint's values where only the config files differ (returned as `from_checkpoint`). Explicit
+    differences stay in the config and are sorted into applied and ignored."""
+    wanted = config.model.get("class_path") if isinstance(config.model, Namespace) else None
+    if checkpoint.class_path and wanted and checkpoint.class_path != wanted:
+        raise CnnlabError(
+            f"--ckpt_path {checkpoint.path} holds a {checkpoint.class_path}, but the config builds a {wanted}. "
+            "A checkpoint is evaluated or resumed with the model it was trained as: give the config it was "
+            "trained with (its run's config.yaml, or the experiment's YAML), or a checkpoint of this model."
+        )
+    agreement = Agreement()
+    if not checkpoint.hparams:
+        return agreement
+    parsed = plain(config.model.get("init_args") or {})
+    saved = plain(checkpoint.hparams)
+    current, stored = flatten(parsed), flatten(saved)
+    for key in sorted(set(current) | set(stored)):
+        top = key.split(".")[0]
+        if top in LINKED or key not in stored:
+            continue  # linked from the data either way; a setting the checkpoint predates keeps its default
+        now, then = current.get(key), stored.get(key)
+        if now == then:
+            continue
+        name = short(key)
+        if given_on_command_line(name, explicit, "model"):
+            if top in TRAINING and subcommand != "fit":
+                agreement.ignored[name] = (now, then)
+            else:
+                agreement.applied[name] = (now, then)
+                agreement.training_changed |= top in TRAINING
+        else:
+            agreement.from_checkpoint[name] = (now, then)
+            set_leaf(parsed, key, then)
+    if agreement.from_checkpoint:
+        config.model.init_args = to_namespace(parsed)
+    return agreement
+
+
+def set_leaf(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[parts[-1]] = value
+
+
+def to_namespace(value: Any) -> Any:
+    if isinstance(value, dict):
+        return Namespace(**{key: to_namespace(item) for key, item in value.items()})
+    return value
+
+
+def check_weights_fit(model: torch.nn.Module, checkpoint: Checkpoint, agreement: Agreement) -> None:
+    """Load the checkpoint's weights into the model the command built, so that changes they cannot take
+    are refused before anything is written."""
+    if not checkpoint.state_dict:
+        return
+    try:
+        model.load_state_dict(checkpoint.state_dict, strict=True)
+    except RuntimeError as err:
+        changed = agreement.applied or agreement.from_checkpoint
+        what = f"the model arguments given differ: {describe(changed)}" if changed else "the model differs"
+        first = str(err).strip().splitlines()
+        raise CnnlabError(
+            f"The weights in {checkpoint.path} do not fit the model this command builds ({what}; torch: "
+            f"{' '.join(line.strip() for line in first[:3])}). Leave out the arguments that change the network's "
+            "shape, or train a new run with them."
+        ) from None
+
+
+def check_schedule_plan(config: Namespace, checkpoint: Checkpoint) -> None:
+    """A schedule planned over the whole run (one-cycle's total_steps) cannot stretch: refuse a resume
+    that changes what decides the number of steps, before anything is written."""
+    before = checkpoint.meta.get("config")
+    if not checkpoint.planned_steps or not isinstance(before, dict):
+        return
+    changed = {short(key): (get(config, key), get(before, key)) for key in PLAN}
+    changed = {key: values for key, values in changed.items() if values[0] != values[1]}
+    if changed:
+        raise CnnlabError(
+            f"The learning-rate schedule in {checkpoint.path} was planned for {checkpoint.planned_steps[0]} steps "
+            f"with the run's settings, but this resume changes what decides the number of steps: "
+            f"{describe(changed)}. Resume with the settings the run started with, or start a new run for the "
+            "new budget."
+        )
+
+
+# -- applying optimiser and schedule changes on a resume -----------------------------------------------
+
+
+def _parts(configured) -> tuple[torch.optim.Optimizer, dict | None]:
+    """cnnlab's configure_optimizers returns an optimizer or {"optimizer", "lr_scheduler": {...}}."""
+    if isinstance(configured, dict):
+        return configured["optimizer"], configured.get("lr_scheduler")
+    return configured, None
+
+
+class ResumeChanges(Callback):
+    """On a resume with other optimiser or scheduler settings than the checkpoint's: after Lightning has
+    restored the optimizer (its moments) and the schedule, rebuild both from the settings given, keep
+    the optimizer's state, and bring the new schedule to the step the run resumes at, so training goes
+    on with the new learning rate from that step."""
+
+    def __init__(self, changes: dict[str, tuple[Any, Any]] | None = None) -> None:
+        self.changes = dict(changes or {})
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if len(trainer.optimizers) != 1:
+            raise CnnlabError(
+                "Changing optimiser settings on a resume is supported for one optimizer, but this model has "
+                f"{len(trainer.optimizers)}. Resume with the settings the run started with."
+            )
+        old = trainer.optimizers[0]
+        optimizer, scheduler = _parts(pl_module.configure_optimizers())
+        optimizer.state = old.state  # moments and step counts, keyed by the same parameters
+        trainer.strategy.optimizers = [optimizer]
+        if scheduler is not None and trainer.lr_scheduler_configs:
+            config = trainer.lr_scheduler_configs[0]
+            config.scheduler = scheduler["scheduler"]
+            done = trainer.global_step if config.interval == "step" else trainer.current_epoch
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": on purpose
+                for _ in range(done):
+                    config.scheduler.step()
+        with contextlib.suppress(IndexError, KeyError):
+            lr = optimizer.param_groups[0]["lr"]
+            print(f"cnnlab: resuming at step {trainer.global_step} with {describe(self.changes)}; lr now {lr:.4g}")

@@ -1,0 +1,54 @@
+"""The one place where cnnlab touches LightningCLI's private methods and attributes, and why.
+
+Tested with lightning 2.6.6 (the versions pyproject.toml admits are those the test suite has passed on;
+see docs/design.md). Each override is written so that a Lightning without the private method it
+replaces behaves the same: cnnlab reconciles `--ckpt_path` in the public `parse_arguments` hook itself.
+"""
+
+import yaml
+from lightning.pytorch.cli import LightningCLI
+from typing_extensions import override
+
+_PARSERS: dict = {}  # a warm process's argument parsers (cnnlab-seeds workers), see WarmParsers
+
+
+class CnnlabInternals(LightningCLI):
+    @override
+    def _parse_ckpt_path(self) -> None:
+        # Lightning (2.5+) re-parses the config with the checkpoint's model arguments laid over it: an
+        # argument given on the command line is silently dropped and a checkpoint of another model class
+        # silently replaces the config's. cnnlab reconciles the two in parse_arguments instead
+        # (cnnlab/checkpoints.py), so Lightning's version must not run after it.
+        return
+
+    @override
+    def _dump_config(self) -> None:
+        # Lightning's dump of the config for the checkpoints' hyperparameters, without checking the
+        # values again: they were checked when parsed, and the check is most of a dump's cost (paid by
+        # every run, twice per seed of a sweep). `skip_check` is jsonargparse's public argument.
+        if hasattr(self, "config_dump"):
+            return
+        dump = self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="yaml", skip_check=True)
+        self.config_dump = yaml.safe_load(dump)
+        if "subcommand" in self.config:
+            self.config_dump = self.config_dump[self.config.subcommand]
+
+
+class WarmParsers(LightningCLI):
+    """Builds the argument parsers once per process and reuses them (cnnlab-seeds workers run many
+    seeds in one process). A parser depends only on the classes and the CLI's defaults, never on the
+    arguments; building it (all four subcommands, every class signature) is a large part of a warm
+    seed's overhead. `_subcommand_parsers` and `_subcommand_method_arguments` are LightningCLI's own
+    bookkeeping of the parsers it built, kept with them."""
+
+    @override
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        if add_subcommands not in _PARSERS:
+            super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+            _PARSERS[add_subcommands] = (
+                self.parser,
+                getattr(self, "_subcommand_parsers", None),
+                getattr(self, "_subcommand_method_arguments", None),
+            )
+            return
+        self.parser, self._subcommand_parsers, self._subcommand_method_arguments = _PARSERS[add_subcommands]
