@@ -7,7 +7,18 @@ import os
 import sys
 from pathlib import Path
 
+from cnnlab.environment import DEBUG_ENV
 from cnnlab.errors import CnnlabError
+from cnnlab.run_dir import RUNS_ROOT
+
+ONE_HELP = """usage: cnnlab-seeds one --config CONFIG.yaml [--experiment NAME] --seed_everything=N [train.py options]
+
+Run one seed as the launcher does: fit, then test of its best checkpoint, each with its own record (the
+run's summary.json lists the test). Every argument goes to the CLI as for `train.py fit`; an explicit
+integer --seed_everything=N is required (a W&B sweep over seed_everything passes it). W&B runs get group
+= --experiment (default: the first config's name), job type seed and tags naming the configs.
+`python train.py fit --help` lists the options.
+"""
 
 EXAMPLES = """
 examples:
@@ -39,13 +50,19 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", required=True, help="model seeds, e.g. 0-99 or 0,1,2 or 0-9,100-109")
     run.add_argument("--name", help="sweep name: runs in <root>/<name>/, W&B group (default: the config's name)")
     run.add_argument("--jobs", type=int, default=1, help="worker processes running seeds at once (default 1)")
-    run.add_argument("--root", default="runs", help="where sweeps live (default runs/)")
+    run.add_argument("--root", default=RUNS_ROOT, help=f"where sweeps live (default {RUNS_ROOT}/)")
     run.add_argument("--timeout", type=float, help="seconds one seed may take before its worker is replaced")
     run.add_argument("--threads", type=int, help="torch threads per worker (default: CPU cores / jobs)")
     run.add_argument("--gpus", help="GPU ids to share out round-robin, e.g. 0,1 (default: all visible; 'none': CPU)")
     run.add_argument("--tag", action="append", default=[], help="extra W&B tag (repeatable)")
     run.add_argument("--job-type", default="seed", help="W&B job_type of the seed runs (default seed)")
     run.add_argument("--no-retry-failed", action="store_true", help="on resume, leave failed seeds failed")
+    run.add_argument(
+        "--figures",
+        choices=("first", "all", "none"),
+        default="first",
+        help="which seeds' figure callbacks draw (default: the first seed only); their metrics are logged for all",
+    )
 
     report = sub.add_parser(
         "report",
@@ -53,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
         description="Report a sweep from its registry (no server needed), or from W&B with --from-wandb.",
     )
     report.add_argument("name", help="sweep name (or its directory)")
-    report.add_argument("--root", default="runs")
+    report.add_argument("--root", default=RUNS_ROOT)
     report.add_argument("--out", help="output folder (default <root>/<name>/report/)")
     report.add_argument("--metrics", help="comma-separated metrics (default: final val/test loss and accuracy)")
     report.add_argument(
@@ -69,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
         help="compare sweeps: difference of means with a bootstrap interval, t and permutation tests, verdict",
     )
     compare.add_argument("names", nargs="+", help="sweeps; the first is the baseline the others are compared to")
-    compare.add_argument("--root", default="runs")
+    compare.add_argument("--root", default=RUNS_ROOT)
     compare.add_argument("--metric", help="metric to decide on (default test/acc where present)")
     compare.add_argument("--paired", action="store_true", help="pair runs by seed (both sweeps over the same seeds)")
     compare.add_argument("--out", help="output folder (default <root>/comparisons/<a>--<b>/)")
@@ -78,13 +95,14 @@ def parser() -> argparse.ArgumentParser:
         "one",
         add_help=False,
         help="run one seed as the launcher does (fit, then test its best checkpoint): for wandb agent",
-        description="All arguments go to the CLI as for train.py; --seed_everything=N is required.",
+        description=ONE_HELP,
     )
     return main
 
 
 def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
-    from cnnlab.seeds.launcher import Launcher, Sweep, parse_seeds
+    from cnnlab.seeds.launcher import Launcher
+    from cnnlab.seeds.sweep import Sweep, parse_seeds
 
     gpus = None
     if args.gpus is not None:
@@ -102,6 +120,7 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
         tags=args.tag,
         job_type=args.job_type,
         retry_failed=not args.no_retry_failed,
+        figures=args.figures,
     )
     return Launcher(sweep).run()
 
@@ -110,7 +129,7 @@ def report_command(args: argparse.Namespace) -> int:
     from cnnlab.seeds import report
 
     if args.from_wandb:
-        results = report.load_from_wandb(args.from_wandb, args.name)
+        results = report.load_from_wandb(args.from_wandb, args.name, api=report.wandb_api())
         out = Path(args.out or Path(args.root) / f"{args.name}-wandb" / "report")
     else:
         results = report.load_sweep(args.name, args.root)
@@ -119,7 +138,7 @@ def report_command(args: argparse.Namespace) -> int:
     paths = report.write_report(results, out, metrics)
     print(paths["markdown"].read_text())
     print(f"written: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
-    used_wandb = results.meta.get("wandb", False) or bool(args.from_wandb)
+    used_wandb = any(r.wandb_id for r in results.records) or bool(args.from_wandb)
     if args.wandb == "on" or (args.wandb == "auto" and used_wandb and report.wandb_online()):
         print(f"logged to W&B: {report.log_to_wandb(results, metrics, paths, out)}", file=sys.stderr)
     return 0
@@ -140,6 +159,9 @@ def compare_command(args: argparse.Namespace) -> int:
 def one_command(argv: list[str]) -> int:
     """One seed, fit + test, in this process; the seed comes from --seed_everything (as wandb agent
     passes it: --seed_everything=N)."""
+    if any(token in ("-h", "--help") for token in argv):
+        print(ONE_HELP)
+        return 0
     seed = None
     for i, token in enumerate(argv):
         key, eq, value = token.partition("=")
@@ -151,7 +173,7 @@ def one_command(argv: list[str]) -> int:
             "cnnlab-seeds one needs an explicit integer model seed, --seed_everything=N (a W&B sweep over "
             "seed_everything passes it); a sweep never relies on a default seed."
         )
-    from cnnlab.seeds.launcher import WANDB_LOGGER, logger_class_path, wandb_overrides
+    from cnnlab.seeds.sweep import wandb_labels
     from cnnlab.seeds.worker import run_seed
 
     configs, experiment = [], None
@@ -162,11 +184,8 @@ def one_command(argv: list[str]) -> int:
             configs.append(value)
         elif key == "--experiment":
             experiment = value
-    args = list(argv)
-    if logger_class_path(configs, argv) == WANDB_LOGGER:
-        group = experiment or (Path(configs[0]).stem if configs else "seeds")
-        args += wandb_overrides(group, configs, argv, "seed", [])
-    result = run_seed(seed, args)
+    group = experiment or (Path(configs[0]).stem if configs else "seeds")
+    result = run_seed(seed, list(argv), env=wandb_labels(group, configs, "seed", []))
     print(json.dumps({k: result.get(k) for k in ("seed", "status", "metrics", "run_dir", "error")}, indent=2))
     return 0 if result["status"] == "finished" else 1
 
@@ -184,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             parser().error(f"unrecognized arguments: {' '.join(unknown)}")
         return report_command(args) if args.command == "report" else compare_command(args)
     except CnnlabError as err:
-        if os.environ.get("CNNLAB_DEBUG"):
+        if os.environ.get(DEBUG_ENV):
             raise
         print(f"\ncnnlab-seeds: error: {err}\n(set CNNLAB_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Compare two or more sweeps on one metric: each against the first, the difference of means with a
-bootstrap interval, Welch's t-test and a permutation test (Holm-adjusted when there are several),
-the distributions overlaid, and a one-paragraph verdict.
+BCa bootstrap interval, Welch's t-test and a permutation test (Holm-adjusted when there are several),
+the distributions overlaid, and a one-paragraph verdict that never says more than its tests do.
 """
 
 from dataclasses import asdict
@@ -90,23 +90,38 @@ def verdict(row: dict, several: bool = False) -> str:
     better = higher != lower_is_better(metric)
     test = "a paired t-test" if row["paired"] else "Welch's t-test"
     p_t = row["p_t_holm"] if several else row["p_t"]
+    interval = "BCa bootstrap interval" if row.get("interval", "BCa bootstrap") == "BCa bootstrap" else "t-interval"
     text = (
         f"On {metric}, {other} (mean {fmt(row['mean_b'])}, n={row['n_b']}) is "
         f"{'higher' if higher else 'lower'} than {base} (mean {fmt(row['mean_a'])}, n={row['n_a']}) by "
-        f"{number(abs(diff))}{unit}, 95% bootstrap interval of the difference {number(low)} to {number(high)}{unit}"
+        f"{number(abs(diff))}{unit}, 95% {interval} of the difference {number(low)} to {number(high)}{unit}"
         f"{' (per-seed differences over the same seeds)' if row['paired'] else ''}; {test} {_p_is(p_t)}"
         f"{' (Holm-adjusted)' if several else ''}, permutation test {_p_is(row['p_permutation'], row['resamples'])}. "
     )
-    if low > 0 or high < 0:
+    excludes = low > 0 or high < 0
+    tests_reject = p_t < stats.ALPHA and row["p_permutation"] < stats.ALPHA
+    if excludes and tests_reject:
         near, far = sorted((abs(low), abs(high)))
         text += (
-            f"The interval excludes zero: {other if better else base} is better on {metric}, by "
-            f"{number(near)} to {number(far)}{unit}."
+            f"The interval excludes zero and both tests reject at {stats.ALPHA:g}: {other if better else base} "
+            f"is better on {metric}, by {number(near)} to {number(far)}{unit}."
+        )
+    elif excludes:
+        text += (
+            f"No clear difference: the interval excludes zero, but the tests do not reject at {stats.ALPHA:g}, so "
+            f"the evidence is not consistent; more seeds would decide. A real difference, if any, is likely within "
+            f"{number(max(abs(low), abs(high)))}{unit}."
         )
     else:
         text += (
-            f"The interval includes zero: at these numbers of seeds the data cannot tell the two apart on {metric}; "
-            f"a real difference, if any, is likely within {number(max(abs(low), abs(high)))}{unit}."
+            f"No clear difference: the interval includes zero, so at these numbers of seeds the data cannot tell "
+            f"the two apart on {metric}; a real difference, if any, is likely within "
+            f"{number(max(abs(low), abs(high)))}{unit}."
+        )
+    if min(row["n_a"], row["n_b"]) < stats.SMALL_N:
+        text += (
+            f" Warning: with only {min(row['n_a'], row['n_b'])} seeds on a side the interval and the tests are rough; "
+            f"run at least {stats.SMALL_N} seeds per sweep (30 or more for a trustworthy interval)."
         )
     text += (
         f" For scale, the seed-to-seed spread (std) is {fmt(row['std_a'])} for {base} "

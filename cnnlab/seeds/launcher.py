@@ -1,196 +1,32 @@
-"""The seed launcher: one config over a range of model seeds in `--jobs` warm worker processes,
-with a registry that makes a re-run resume, replacement of crashed or hung workers, a clean stop on
-Ctrl-C and a live progress line. The launcher itself never imports torch: it starts in a blink
-and stays responsive while workers train.
+"""The seed launcher: runs a Sweep (cnnlab/seeds/sweep.py) over its seeds in `--jobs` warm worker
+processes (cnnlab/seeds/pool.py), with a registry that makes a re-run resume, replacement of crashed or
+hung workers, a clean stop on Ctrl-C (unfinished runs marked interrupted) and a live progress line.
+The launcher itself never imports torch: it starts in a blink and stays responsive while workers train.
 """
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from cnnlab.errors import CnnlabError
+from cnnlab.records import read_summary, update_summary
+from cnnlab.run_dir import RUNS_ROOT
+from cnnlab.seeds.pool import Worker, available_cpus, detect_gpus, device_of
+from cnnlab.seeds.progress import Progress
 from cnnlab.seeds.registry import Registry, SeedRecord, is_complete, outcome_of
-from cnnlab.seeds.worker import SPAWNED_AT_ENV
+from cnnlab.seeds.sweep import Sweep
+from cnnlab.seeds.worker import log_tail
 
-DEFAULT_ROOT = "runs"
-WANDB_LOGGER = "cnnlab.wandb_logger.WandbLogger"  # CnnlabCLI's default logger
-RESERVED = {
-    "--seed_everything": "the model seed is the launcher's: give the seeds with --seeds",
-    "--experiment": "the sweep's runs go in <root>/<name>/: give the name with --name",
-    "--trainer.default_root_dir": "the sweep's runs go in <root>/<name>/: give the root with --root",
-    "--ckpt_path": "every seed trains from scratch and tests its own best checkpoint",
-    "--print_config": "it would print instead of training",
-    "--help": "it would print instead of training",
-}
 STOP_GRACE_S = 10.0  # a stopping worker's time to end its W&B run before it is killed
 MAX_START_FAILURES = 2  # consecutive workers that died before becoming ready: the sweep cannot run
 FAIL_FAST = 3  # this many failures, no success, one identical error: stop instead of failing every seed
-
-
-@dataclass
-class Sweep:
-    """What a user asks `cnnlab-seeds run` for."""
-
-    name: str
-    configs: list[str]
-    seeds: list[int]
-    overrides: list[str] = field(default_factory=list)
-    root: Path = Path(DEFAULT_ROOT)
-    jobs: int = 1
-    threads: int | None = None
-    timeout: float | None = None
-    gpus: list[str] | None = None
-    tags: list[str] = field(default_factory=list)
-    job_type: str = "seed"
-    retry_failed: bool = True
-
-    def __post_init__(self) -> None:
-        self.root = Path(self.root).resolve()
-        if not re.fullmatch(r"[A-Za-z0-9][\w.+-]*", self.name):
-            raise CnnlabError(
-                f"--name {self.name!r} is not usable as a folder name. Use letters, digits, '.', '_', '+' "
-                "or '-', starting with a letter or digit (e.g. mnist-cnn)."
-            )
-        if self.jobs < 1:
-            raise CnnlabError(f"--jobs is {self.jobs}; give at least 1 worker process.")
-        if self.timeout is not None and self.timeout <= 0:
-            raise CnnlabError(f"--timeout is {self.timeout}; give seconds per seed above 0, or leave it out.")
-        for config in self.configs:
-            if not Path(config).is_file():
-                raise CnnlabError(
-                    f"--config {config}: no such file. Give an experiment YAML, e.g. configs/mnist_classifier.yaml."
-                )
-        check_overrides(self.overrides)
-
-    @property
-    def dir(self) -> Path:
-        return self.root / self.name
-
-    @property
-    def worker_threads(self) -> int:
-        """Torch threads per worker: the machine's cores shared out, so jobs do not oversubscribe."""
-        return self.threads or max(1, available_cpus() // self.jobs)
-
-    def identity(self) -> dict:
-        """What makes two invocations the same sweep: the configs' contents and the overrides.
-        The seed range may grow; jobs, timeout and devices may change."""
-        configs = [{"path": c, "sha256": hashlib.sha256(Path(c).read_bytes()).hexdigest()} for c in self.configs]
-        return {"configs": configs, "overrides": list(self.overrides)}
-
-    def args(self, seed: int, wandb: bool) -> list[str]:
-        """The CLI arguments of one seed (without the subcommand): the user's, then the sweep's."""
-        args = [f"--config={c}" for c in self.configs]
-        args += ["--trainer.enable_progress_bar=false", *self.overrides]
-        args += [f"--experiment={self.name}", f"--trainer.default_root_dir={self.root}"]
-        if wandb:
-            args += wandb_overrides(self.name, self.configs, self.overrides, self.job_type, self.tags)
-        # last, so nothing in a config file or an override can change it
-        args.append(f"--seed_everything={seed}")
-        return args
-
-
-def wandb_overrides(group: str, configs: list[str], given: list[str], job_type: str, tags: list[str]) -> list[str]:
-    """W&B logger arguments of a seed run: group = the sweep, its job type, tags naming the configs;
-    whatever the user set explicitly is kept."""
-    prefix = "--trainer.logger.init_args."
-    said = " ".join(given)
-    args = []
-    if f"{prefix}group" not in said:
-        args.append(f"{prefix}group={group}")
-    if f"{prefix}job_type" not in said:
-        args.append(f"{prefix}job_type={job_type}")
-    if f"{prefix}tags" not in said:
-        args.append(f"{prefix}tags={json.dumps(['cnnlab-seeds', *(Path(c).stem for c in configs), *tags])}")
-    return args
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-99', '3', '0,5,10-19' -> sorted distinct seeds."""
-    seeds: set[int] = set()
-    for part in str(text).split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not match or (match[2] is not None and int(match[2]) < int(match[1])):
-            raise CnnlabError(
-                f"--seeds {text!r}: could not read {part!r}. Give seeds as a range and/or a list of "
-                "non-negative integers, e.g. 0-99 or 0,1,2 or 0-9,100-109."
-            )
-        seeds.update(range(int(match[1]), int(match[2] or match[1]) + 1))
-    if max(seeds) >= 2**32:
-        raise CnnlabError(f"--seeds {text!r}: seeds must be below 2**32 (numpy's limit), got {max(seeds)}.")
-    return sorted(seeds)
-
-
-def check_overrides(overrides: list[str]) -> None:
-    for token in overrides:
-        key = token.split("=", 1)[0]
-        if key in RESERVED or key == "-h":
-            raise CnnlabError(
-                f"{key} cannot be passed to a seed sweep: {RESERVED.get(key, RESERVED['--help'])}. Remove it; "
-                "every other --model/--data/--trainer override is passed to each seed as given."
-            )
-
-
-def logger_class_path(configs: list[str], overrides: list[str]) -> str | None:
-    """The class_path of the run's logger as the CLI will resolve it (the default, then config files
-    in order, then overrides); None for no logger or several."""
-    logger: object = {"class_path": WANDB_LOGGER}
-    for config in configs:
-        trainer = (yaml.safe_load(Path(config).read_text()) or {}).get("trainer") or {}
-        if isinstance(trainer, dict) and "logger" in trainer:
-            logger = trainer["logger"]
-    for i, token in enumerate(overrides):
-        key, _, value = token.partition("=")
-        if key in ("--trainer.logger", "--trainer.logger.class_path"):
-            if not _ and i + 1 < len(overrides):
-                value = overrides[i + 1]
-            value = yaml.safe_load(value)
-            logger = {"class_path": value} if key.endswith("class_path") else value
-    if isinstance(logger, dict):
-        return logger.get("class_path")
-    return logger if isinstance(logger, str) else None
-
-
-def available_cpus() -> int:
-    with contextlib.suppress(AttributeError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def detect_gpus() -> list[str]:
-    """GPU ids to share out: CUDA_VISIBLE_DEVICES where set, else what nvidia-smi lists, else none."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
-
-
-def device_of(slot: int, gpus: list[str]) -> str | None:
-    """Worker slot -> the GPU it sees (round-robin; several jobs may share a GPU), None for CPU."""
-    return gpus[slot % len(gpus)] if gpus else None
 
 
 def same_error(errors: list[str]) -> bool:
@@ -198,123 +34,21 @@ def same_error(errors: list[str]) -> bool:
     return len({re.sub(r"\d+", "#", e or "") for e in errors}) == 1
 
 
-def format_seconds(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+def seed_runs(sweep_dir: Path, seed: int) -> list[Path]:
+    """The training run directories of one seed in a sweep, newest first."""
+    found = [*sweep_dir.glob(f"*-seed{seed}"), *sweep_dir.glob(f"*-seed{seed}-[0-9]*")]
+    return sorted((p for p in found if p.is_dir()), reverse=True)
 
 
-class Progress:
-    """One status line: rewritten in place on a terminal, a new line per finished seed elsewhere."""
+def mark_interrupted(run: Path, why: str) -> None:
+    """A run left 'running' by a stopped or killed worker says so, instead of running forever."""
 
-    def __init__(self, name: str, total: int, stream=None) -> None:
-        self.name, self.total = name, total
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.last = ""
+    def mark(summary: dict) -> None:
+        if summary.get("status") == "running":
+            summary |= {"status": "interrupted", "error": why}
 
-    def line(self, done: int, failed: int, running: int, eta: float | None, per_seed: float | None) -> str:
-        todo = self.total - done - failed - running
-        text = f"[{self.name}] {done}/{self.total} done, {failed} failed, {running} running, {todo} queued"
-        if per_seed is not None:
-            text += f" | {per_seed:.1f} s/seed"
-        text += f" | ETA {format_seconds(eta)}" if eta is not None else " | ETA after the first seed"
-        return text
-
-    def show(self, done: int, failed: int, running: int, eta: float | None, per_seed: float | None) -> None:
-        text = self.line(done, failed, running, eta, per_seed)
-        if self.tty:
-            self.stream.write("\r\033[K" + text)
-            self.stream.flush()
-        elif (done, failed) != getattr(self, "_shown", None):
-            self._shown = (done, failed)
-            print(text, file=self.stream, flush=True)
-        self.last = text
-
-    def close(self) -> None:
-        if self.tty and self.last:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-class Worker:
-    """One worker process and the seed it is running."""
-
-    def __init__(self, slot: int, sweep: Sweep, device: str | None, log: Path) -> None:
-        self.slot, self.device, self.log = slot, device, log
-        self.seed: int | None = None
-        self.since = 0.0
-        self.ready = False
-        self.buffer = b""
-        self.messages: list[dict] = []
-        env = {**os.environ, SPAWNED_AT_ENV: repr(time.time()), "OMP_NUM_THREADS": str(sweep.worker_threads)}
-        # the worker imports the very code the launcher sees (a checkout, not only an install)
-        paths = [p or os.getcwd() for p in sys.path]
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        if device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = device
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cnnlab.seeds.worker", str(sweep.worker_threads)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-                # its own process group: Ctrl-C reaches the launcher only, which stops workers in order
-                start_new_session=True,
-            )
-        self.started = time.time()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def send(self, task: dict) -> bool:
-        try:
-            self.proc.stdin.write((json.dumps(task) + "\n").encode())
-            self.proc.stdin.flush()
-            return True
-        except (BrokenPipeError, OSError):
-            return False
-
-    def read(self) -> bool:
-        """Take what the worker wrote; False at end of file."""
-        chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
-        self.buffer += chunk
-        *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                self.messages.append(json.loads(line))
-        return bool(chunk)
-
-    def drain(self) -> None:
-        """Read what is left in the pipe of a worker that has exited."""
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        with contextlib.suppress(BlockingIOError, OSError, ValueError):
-            while self.read():
-                pass
-
-    def close_input(self) -> None:
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()
-
-    def signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signum)
-
-    def stop(self, grace: float) -> None:
-        """SIGTERM (the worker ends its W&B run), then SIGKILL to whatever is left of its group."""
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(grace)
-        self.signal(signal.SIGKILL)
-        self.proc.wait()
-        self.close_input()
+    if read_summary(run).get("status") == "running":
+        update_summary(run, mark)
 
 
 class Launcher:
@@ -326,7 +60,7 @@ class Launcher:
         self.stream = stream or sys.stderr
         self.workers: list[Worker] = []
         self.queue: list[int] = []
-        self.wandb = logger_class_path(sweep.configs, sweep.overrides) == WANDB_LOGGER
+        self.threads = sweep.threads or max(1, available_cpus() // sweep.jobs)
         self.gpus = sweep.gpus if sweep.gpus is not None else detect_gpus()
         self.session = {"finished": 0, "failed": 0, "errors": [], "first_dispatch": None}
         self.start_failures = 0
@@ -354,7 +88,7 @@ class Launcher:
             devices = ", ".join(f"GPU {g}" for g in self.gpus) if self.gpus else "CPU"
             self.say(
                 f"sweep '{sweep.name}': {len(self.queue)} seeds to run ({done} already done) in {sweep.jobs} "
-                f"worker(s), {sweep.worker_threads} torch thread(s) each, on {devices}; runs in {sweep.dir}/"
+                f"worker(s), {self.threads} torch thread(s) each, on {devices}; runs in {sweep.dir}/"
             )
             self.progress = Progress(sweep.name, len(sweep.seeds), self.stream)
             try:
@@ -362,7 +96,7 @@ class Launcher:
             except KeyboardInterrupt:
                 self._stop_all("interrupted", "stopped by the user (Ctrl-C)")
                 self.progress.close()
-                counts = self._counts()
+                counts = self.registry.counts(sweep.seeds)
                 self.say(
                     f"interrupted: {counts['finished']} seeds finished, {counts['failed']} failed, the rest not run. "
                     "Run the same command again to resume (finished seeds are kept)."
@@ -373,11 +107,11 @@ class Launcher:
                 raise
             finally:
                 self.progress.close()
-            counts = self._counts()
+            counts = self.registry.counts(sweep.seeds)
             self.say(
                 f"sweep '{sweep.name}': {counts['finished']} of {len(sweep.seeds)} seeds finished. "
                 f"Distributions and statistics: cnnlab-seeds report {sweep.name}"
-                + ("" if sweep.root == Path(DEFAULT_ROOT).resolve() else f" --root {sweep.root}")
+                + ("" if sweep.root == Path(RUNS_ROOT).resolve() else f" --root {sweep.root}")
             )
             return self._exit_code()
 
@@ -398,7 +132,12 @@ class Launcher:
         meta = self.registry.meta()
         identity = self.sweep.identity()
         if not meta:
-            self.registry.set_meta(name=self.sweep.name, identity=identity, created=time.time(), wandb=self.wandb)
+            self.registry.set_meta(name=self.sweep.name, identity=identity, created=time.time())
+            return
+        if meta.get("identity") != identity and not self.registry.counts()["finished"]:
+            # Nothing finished under the old settings (a typo stopped it): the fixed command starts it afresh.
+            self.say("no seed of this sweep had finished; starting it again with the settings given now.")
+            self.registry.set_meta(identity=identity, restarted=time.time())
             return
         if meta.get("identity") != identity:
             raise CnnlabError(
@@ -419,11 +158,13 @@ class Launcher:
                 summary = json.loads((found / "summary.json").read_text())
                 self._store(record, {"status": "finished", **outcome_of(summary), "error": None})
             elif record.status == "running":
-                self.registry.mark([record.seed], "interrupted", "the launcher stopped while this seed ran")
+                why = "the launcher stopped while this seed ran"
+                self.registry.mark([record.seed], "interrupted", why)
+                for run in seed_runs(self.sweep.dir, record.seed):
+                    mark_interrupted(run, why)
 
     def _completed_run(self, seed: int) -> Path | None:
-        candidates = [*self.sweep.dir.glob(f"*-seed{seed}"), *self.sweep.dir.glob(f"*-seed{seed}-[0-9]*")]
-        for run in sorted(candidates, reverse=True):
+        for run in seed_runs(self.sweep.dir, seed):
             with contextlib.suppress(OSError, ValueError):
                 if is_complete(json.loads((run / "summary.json").read_text()), seed):
                     return run
@@ -452,7 +193,8 @@ class Launcher:
             self._fail_fast()
 
     def _start_worker(self, slot: int) -> None:
-        worker = Worker(slot, self.sweep, device_of(slot, self.gpus), self.sweep.dir / "logs" / f"worker{slot}.log")
+        log = self.sweep.dir / "logs" / f"worker{slot}.log"
+        worker = Worker(slot, self.threads, device_of(slot, self.gpus), log)
         self.selector.register(worker.proc.stdout, selectors.EVENT_READ, worker)
         self.workers.append(worker)
 
@@ -485,7 +227,8 @@ class Launcher:
         task = {
             "seed": seed,
             "attempt": attempt,
-            "args": self.sweep.args(seed, self.wandb),
+            "args": self.sweep.args(seed),
+            "env": self.sweep.env(seed),
             "log": str(self.sweep.dir / "logs" / f"seed{seed}.log"),
         }
         worker.seed, worker.since = seed, time.time()
@@ -511,7 +254,7 @@ class Launcher:
         code = worker.proc.returncode
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
         if worker.seed is not None:
-            tail = _tail(self.sweep.dir / "logs" / f"seed{worker.seed}.log")
+            tail = log_tail(self.sweep.dir / "logs" / f"seed{worker.seed}.log") or "(no output)"
             self._fail(worker.seed, f"its worker process {how} (crash or out of memory); last output:\n{tail}")
         if not worker.ready:
             self.start_failures += 1
@@ -519,8 +262,8 @@ class Launcher:
                 log = self.sweep.dir / "logs" / f"worker{worker.slot}.log"
                 raise CnnlabError(
                     f"{self.start_failures} worker processes in a row {how} before they could run a seed, so none "
-                    f"can. Their output ends with:\n{_tail(log)}\nFix the cause (see {log}) and run the same "
-                    "command again."
+                    f"can. Their output ends with:\n{log_tail(log) or '(no output)'}\nFix the cause (see {log}) "
+                    "and run the same command again."
                 )
         if self.queue:
             self._start_worker(worker.slot)
@@ -544,7 +287,8 @@ class Launcher:
             raise CnnlabError(
                 f"The first {len(errors)} seeds of this run all failed with the same error, so every seed would:\n"
                 f"{errors[0]}\nThe sweep is stopped. Fix the config or overrides (the seed logs are in "
-                f"{self.sweep.dir / 'logs'}/) and run the same command again; seeds that finished are kept."
+                f"{self.sweep.dir / 'logs'}/) and run the command again with the fix: a sweep with no finished "
+                "seed takes the new settings."
             )
 
     def _stop_all(self, status: str, why: str) -> None:
@@ -565,20 +309,13 @@ class Launcher:
                 worker.stop(grace=0)
                 if worker.seed is not None:
                     self.registry.mark([worker.seed], status, why)
+                    for run in seed_runs(self.sweep.dir, worker.seed):
+                        mark_interrupted(run, why)
                     worker.seed = None
             self.workers = []
 
-    def _counts(self) -> dict[str, int]:
-        """Seed statuses among this invocation's seeds (the registry may hold more)."""
-        seeds = set(self.sweep.seeds)
-        counts = {"finished": 0, "failed": 0}
-        for record in self.registry.records():
-            if record.seed in seeds and record.status in counts:
-                counts[record.status] += 1
-        return counts
-
     def _show(self) -> None:
-        counts = self._counts()
+        counts = self.registry.counts(self.sweep.seeds)
         running = sum(1 for w in self.workers if w.seed is not None)
         done_now = self.session["finished"] + self.session["failed"]
         eta = per_seed = None
@@ -613,10 +350,3 @@ def sweep_lock(sweep_dir: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _tail(path: Path, lines: int = 12) -> str:
-    if not path.is_file():
-        return "(no output)"
-    text = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return "\n".join(text[-lines:]) or "(no output)"

@@ -62,10 +62,6 @@ class SeedRecord:
     worker: int | None = None
     device: str | None = None
 
-    @property
-    def finished_ok(self) -> bool:
-        return self.status == "finished"
-
 
 DETAILS = tuple(f.name for f in fields(SeedRecord) if f.name not in COLUMNS)
 
@@ -147,10 +143,13 @@ class Registry:
                 f"INSERT OR REPLACE INTO seeds ({', '.join(COLUMNS)}, details) VALUES ({marks})", (*row, details)
             )
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, seeds: list[int] | None = None) -> dict[str, int]:
+        """How many seeds have each status: all of them, or those of `seeds` (an invocation's range)."""
         counts = dict.fromkeys(STATUSES, 0)
-        for status, n in self.db.execute("SELECT status, COUNT(*) FROM seeds GROUP BY status"):
-            counts[status] = n
+        wanted = None if seeds is None else set(seeds)
+        for seed, status in self.db.execute("SELECT seed, status FROM seeds"):
+            if wanted is None or seed in wanted:
+                counts[status] += 1
         return counts
 
     # -- helpers -----------------------------------------------------------------------------
@@ -180,32 +179,47 @@ class _Transaction:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
+def evaluation_of_best(summary: dict) -> dict | None:
+    """The latest finished test of the run's best checkpoint among its evaluations."""
+    best = summary.get("best_checkpoint") or summary.get("last_checkpoint")
+    tests = [
+        e
+        for e in summary.get("evaluations") or []
+        if e.get("subcommand") == "test"
+        and e.get("status") == "finished"
+        and (e.get("checkpoint") or {}).get("path") == best
+    ]
+    return tests[-1] if tests else None
+
+
 def outcome_of(summary: dict) -> dict:
     """The fields of a SeedRecord that a run's summary.json knows (run by the worker or found on
-    disk when resuming after a killed launcher)."""
+    disk when resuming after a killed launcher): the fit's metrics and those of the test of its best
+    checkpoint."""
     wandb = summary.get("wandb") or {}
-    checkpoint = (summary.get("config") or {}).get("checkpoint") or {}
+    test = evaluation_of_best(summary) or {}
     return {
-        "metrics": summary.get("metrics") or {},
+        "metrics": {**(summary.get("metrics") or {}), **(test.get("metrics") or {})},
         "run_dir": summary.get("run_dir"),
         "best_checkpoint": summary.get("best_checkpoint"),
         "monitor": summary.get("monitor"),
-        "mode": checkpoint.get("mode"),
+        "mode": summary.get("mode"),
         "best_score": summary.get("best_score"),
         "data_seed": summary.get("data_seed"),
         "git_commit": summary.get("git_commit"),
         "wandb_id": wandb.get("id"),
         "wandb_project": wandb.get("project"),
         "fit_seconds": summary.get("fit_seconds"),
-        "test_seconds": summary.get("test_seconds"),
+        "test_seconds": test.get("seconds"),
     }
 
 
 def is_complete(summary: dict, seed: int) -> bool:
-    """A seed's run is complete once fit finished and its checkpoint was tested."""
+    """A seed's run is complete once fit finished and its best checkpoint was tested."""
+    test = evaluation_of_best(summary)
     return (
         summary.get("seed") == seed
         and summary.get("status") == "finished"
-        and bool(summary.get("test_checkpoint"))
-        and any(key.startswith("test/") for key in summary.get("metrics") or {})
+        and test is not None
+        and any(key.startswith("test/") for key in test.get("metrics") or {})
     )

@@ -6,7 +6,6 @@ summary table when online. Results can also be read from the W&B API by group.
 
 import csv
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,23 +57,49 @@ def load_sweep(name: str, root: str | Path = "runs") -> SweepResults:
         return SweepResults(folder.name, registry.records(), str(registry.path), registry.meta())
 
 
+def wandb_api():
+    """wandb's public API, or one paragraph where wandb has no credentials to read runs with."""
+    from cnnlab.wandb_logger import wandb_has_credentials
+
+    if not wandb_has_credentials():
+        raise CnnlabError(
+            "--from-wandb reads the sweep's runs from the W&B server, but wandb has no credentials on this "
+            "machine. Log in first (`wandb login`, or set WANDB_API_KEY), or report from the registry on the "
+            "machine that ran the sweep: cnnlab-seeds report NAME (no server needed)."
+        )
+    import wandb
+
+    try:
+        return wandb.Api()
+    except Exception as err:  # wandb's own types: network, auth, usage
+        raise CnnlabError(f"W&B's API could not start: {err}. Check the network and the credentials.") from err
+
+
 def load_from_wandb(project: str, group: str, api=None) -> SweepResults:
     """The runs of one W&B group (a sweep's name) as seed records, for sweeps run by `wandb agent`
-    on machines whose disks we cannot see. `project` is "entity/project"."""
+    on machines whose disks we cannot see. `project` is "entity/project". A seed's test is a run of
+    its own (job type test) naming its training run; its metrics join the seed's record."""
     if api is None:
-        import wandb
-
-        api = wandb.Api()
+        api = wandb_api()
     by_seed: dict[int, SeedRecord] = {}
-    for run in api.runs(project, filters={"group": group}):
+    tests: dict[str, dict[str, float]] = {}
+    runs = list(api.runs(project, filters={"group": group}))
+    for run in runs:
         config = dict(run.config)
-        if run.job_type == "report" or config.get("seed") is None:
+        if run.job_type in ("test", "validate") and config.get("training_run"):
+            tests[config["training_run"]] = {
+                k: float(v) for k, v in dict(run.summary).items() if k.startswith("test/") and _finite(v)
+            }
+    for run in runs:
+        config = dict(run.config)
+        if run.job_type in ("report", "test", "validate", "predict") or config.get("seed") is None:
             continue
         metrics = {
             k: float(v)
             for k, v in dict(run.summary).items()
             if "/" in k and not k.startswith("_") and _finite(v) and not isinstance(v, bool)
         }
+        metrics |= tests.get(run.id, {})
         done = run.state == "finished" and any(k.startswith(("test/", "val/")) for k in metrics)
         checkpoint = (config.get("cnnlab") or {}).get("checkpoint") or {}
         monitor = checkpoint.get("monitor")
@@ -262,8 +287,8 @@ def markdown(results: SweepResults, metrics: list[str], rows: list[dict], figure
         )
     lines += [
         "",
-        f"std is the seed-to-seed spread (ddof=1); the interval is a percentile bootstrap of the mean "
-        f"({stats.RESAMPLES:,} resamples).",
+        f"std is the seed-to-seed spread (ddof=1); the interval of the mean is a BCa bootstrap "
+        f"({stats.RESAMPLES:,} resamples; a t-interval where the values do not vary).",
         "",
     ]
     best = best_seed(results)
@@ -309,14 +334,10 @@ def write_report(results: SweepResults, out: Path, metrics: list[str]) -> dict[s
 
 
 def wandb_online() -> bool:
-    mode = os.environ.get("WANDB_MODE", "")
-    if mode in ("offline", "dryrun", "disabled"):
-        return False
-    if mode == "online":
-        return True
-    from cnnlab.wandb_logger import wandb_credentials_found  # imports Lightning: only asked when needed
+    """Whether a report would reach the server, decided as wandb decides (cnnlab/wandb_logger.py)."""
+    from cnnlab.wandb_logger import decide_offline  # imports Lightning: only asked when needed
 
-    return wandb_credentials_found()
+    return not decide_offline(None)
 
 
 def log_to_wandb(results: SweepResults, metrics: list[str], paths: dict[str, Path], out: Path) -> str:

@@ -18,15 +18,17 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnlab.environment import RUN_DIR_ENV, SPAWNED_AT_ENV
 from cnnlab.errors import CnnlabError
 from cnnlab.seeds.registry import is_complete, outcome_of
 
-SPAWNED_AT_ENV = "CNNLAB_SEEDS_SPAWNED_AT"  # the launcher's clock when it started this worker
 ERROR_LINES = 12  # lines of a seed's log kept as its error when the CLI exits without an exception
 
 
 class Stop(BaseException):
     """The launcher asked this worker to stop (SIGTERM): leave the current seed unfinished."""
+
+    interrupts_run = True  # the run's record says interrupted, not failed (cnnlab/records.py)
 
 
 @dataclass
@@ -95,52 +97,46 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-_PARSERS: dict = {}  # this process's argument parsers, built by the first run (see warm_cli_class)
-
-
 def warm_cli_class():
-    """CnnlabCLI that builds its argument parser once per process and reuses it. The parser depends
-    only on the classes and the CLI's defaults, never on the arguments; building it (all four
-    subcommands, every class signature) is a large part of a warm seed's overhead. Parsing,
-    instantiation and the run itself are CnnlabCLI's own, as in `train.py`."""
+    """CnnlabCLI that builds its argument parsers once per process (cnnlab/lightning_internals.py's
+    WarmParsers). Parsing, instantiation and the run itself are CnnlabCLI's own, as in `train.py`."""
     from cnnlab.cli import CnnlabCLI
+    from cnnlab.lightning_internals import WarmParsers
 
-    class WarmCLI(CnnlabCLI):
-        def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
-            if add_subcommands not in _PARSERS:
-                super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
-                _PARSERS[add_subcommands] = (
-                    self.parser,
-                    getattr(self, "_subcommand_parsers", None),
-                    getattr(self, "_subcommand_method_arguments", None),
-                )
-                return
-            self.parser, self._subcommand_parsers, self._subcommand_method_arguments = _PARSERS[add_subcommands]
+    class WarmCLI(WarmParsers, CnnlabCLI):
+        pass
 
     return WarmCLI
 
 
 def run_cli(subcommand: str, args: list[str]) -> Path:
-    """One `train.py <subcommand> ...` in this process; returns its run directory. Raises what the
-    CLI raises; the W&B run it opened is finished either way."""
-    from cnnlab.cli import OUTPUT_DIR_ENV, RUN_DIR_ENV
+    """One `train.py <subcommand> ...` in this process; returns the directory of its record (the run
+    for fit, the evaluation for test). Raises what the CLI raises; the W&B run it opened is finished
+    either way."""
+    from cnnlab.run_dir import forget_handed_down
 
-    os.environ.pop(RUN_DIR_ENV, None)
-    os.environ.pop(OUTPUT_DIR_ENV, None)
+    forget_handed_down()
     exit_code = 1
     try:
         cli = warm_cli_class()(args=[subcommand, *args])
         exit_code = 0
-        return Path(cli.run_dir)
+        return Path(cli.output_dir)
     finally:
         finish_wandb(exit_code)
 
 
-def run_seed(seed: int, args: list[str], state: ProcessState | None = None, log: Path | None = None) -> dict:
+def run_seed(
+    seed: int,
+    args: list[str],
+    state: ProcessState | None = None,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> dict:
     """Fit one seed, then test its best checkpoint, as two consecutive `train.py` runs would.
-    `args` are the shared CLI arguments including `--seed_everything=<seed>`. Returns a result
-    message: status finished or failed, the run's outcome from summary.json, the error if any."""
-    from cnnlab.cli import RUN_DIR_ENV, read_summary
+    `args` are the shared CLI arguments including `--seed_everything=<seed>`; `env` the seed's
+    environment (W&B labels, figures on or off). Returns a result message: status finished or
+    failed, the run's outcome from summary.json, the error if any."""
+    from cnnlab.records import read_summary
 
     started = time.time()
     result: dict = {"event": "result", "seed": seed, "status": "failed", "pid": os.getpid()}
@@ -149,6 +145,7 @@ def run_seed(seed: int, args: list[str], state: ProcessState | None = None, log:
         with warnings.catch_warnings():
             if state is not None:
                 state.restore()
+            os.environ.update(env or {})
             try:
                 run_dir = run_cli("fit", args)
             finally:
@@ -165,10 +162,11 @@ def run_seed(seed: int, args: list[str], state: ProcessState | None = None, log:
         with warnings.catch_warnings():
             if state is not None:
                 state.restore()
-            run_cli("test", [*args, f"--ckpt_path={best}"])
+            os.environ.update(env or {})
+            evaluation = run_cli("test", [*args, f"--ckpt_path={best}"])
         summary = read_summary(run_dir)
         if not is_complete(summary, seed):
-            raise CnnlabError(f"test of seed {seed} left no test metrics in {run_dir}/summary.json.")
+            raise CnnlabError(f"test of seed {seed} left no test record in {run_dir}/summary.json ({evaluation}).")
         result |= outcome_of(summary)
         result["status"] = "finished"
     except (Stop, KeyboardInterrupt):
@@ -267,7 +265,7 @@ def serve(threads: int | None) -> int:
             log = Path(task["log"])
             with output_to(log):
                 print(f"\n===== seed {task['seed']}, attempt {task.get('attempt', 1)}, worker {os.getpid()} =====")
-                result = run_seed(task["seed"], task["args"], state, log)
+                result = run_seed(task["seed"], task["args"], state, log, task.get("env"))
             protocol.write(json.dumps(result, default=str) + "\n")
     except (Stop, KeyboardInterrupt):
         finish_wandb(exit_code=130)

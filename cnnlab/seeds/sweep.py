@@ -1,0 +1,160 @@
+"""What a sweep is: its name, config files, model seeds and overrides; its identity (what makes two
+invocations the same sweep: the configs' resolved paths and contents and the overrides' values, not
+how they were typed); and what one seed gets (its CLI arguments, and the W&B labels of its runs).
+
+No torch here: the launcher starts in a blink.
+"""
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cnnlab.command_line import short
+from cnnlab.environment import FIGURES_ENV, WANDB_GROUP_ENV, WANDB_JOB_TYPE_ENV, WANDB_TAGS_ENV
+from cnnlab.errors import CnnlabError
+from cnnlab.run_dir import RUNS_ROOT
+
+RESERVED = {
+    "--seed_everything": "the model seed is the launcher's: give the seeds with --seeds",
+    "--experiment": "the sweep's runs go in <root>/<name>/: give the name with --name",
+    "--trainer.default_root_dir": "the sweep's runs go in <root>/<name>/: give the root with --root",
+    "--ckpt_path": "every seed trains from scratch and tests its own best checkpoint",
+    "--print_config": "it would print instead of training",
+    "--help": "it would print instead of training",
+}
+
+
+@dataclass
+class Sweep:
+    """What a user asks `cnnlab-seeds run` for."""
+
+    name: str
+    configs: list[str]
+    seeds: list[int]
+    overrides: list[str] = field(default_factory=list)
+    root: Path = Path(RUNS_ROOT)
+    jobs: int = 1
+    threads: int | None = None
+    timeout: float | None = None
+    gpus: list[str] | None = None
+    tags: list[str] = field(default_factory=list)
+    job_type: str = "seed"
+    retry_failed: bool = True
+    figures: str = "first"  # draw figures for the first seed ('first'), every seed ('all') or none ('none')
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+        if not re.fullmatch(r"[A-Za-z0-9][\w.+-]*", self.name):
+            raise CnnlabError(
+                f"--name {self.name!r} is not usable as a folder name. Use letters, digits, '.', '_', '+' "
+                "or '-', starting with a letter or digit (e.g. mnist-cnn)."
+            )
+        if self.jobs < 1:
+            raise CnnlabError(f"--jobs is {self.jobs}; give at least 1 worker process.")
+        if self.timeout is not None and self.timeout <= 0:
+            raise CnnlabError(f"--timeout is {self.timeout}; give seconds per seed above 0, or leave it out.")
+        if self.figures not in ("first", "all", "none"):
+            raise CnnlabError(f"--figures is {self.figures!r}; give first, all or none.")
+        for config in self.configs:
+            if not Path(config).is_file():
+                raise CnnlabError(
+                    f"--config {config}: no such file. Give an experiment YAML, e.g. configs/mnist_classifier.yaml."
+                )
+        check_overrides(self.overrides)
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.name
+
+    def identity(self) -> dict:
+        """What makes two invocations the same sweep: each config file's resolved path and contents, and
+        each overridden setting's value (`--k=v` and `--k v` alike, the last one given winning). The
+        seed range may grow; jobs, timeout, devices and figures may change."""
+        configs = [
+            {"path": str(Path(c).resolve()), "sha256": hashlib.sha256(Path(c).read_bytes()).hexdigest()}
+            for c in self.configs
+        ]
+        return {"configs": configs, "overrides": override_values(self.overrides)}
+
+    def args(self, seed: int) -> list[str]:
+        """The CLI arguments of one seed (without the subcommand): the user's, then the sweep's."""
+        args = [f"--config={c}" for c in self.configs]
+        args += ["--trainer.enable_progress_bar=false", *self.overrides]
+        args += [f"--experiment={self.name}", f"--trainer.default_root_dir={self.root}"]
+        # last, so nothing in a config file or an override can change it
+        args.append(f"--seed_everything={seed}")
+        return args
+
+    def env(self, seed: int) -> dict[str, str]:
+        """The environment of one seed's run: its W&B labels, and whether its figure callbacks draw
+        (metrics they compute, such as an anomaly report's AUROC, are logged either way)."""
+        draws = self.figures == "all" or (self.figures == "first" and seed == min(self.seeds))
+        return {**wandb_labels(self.name, self.configs, self.job_type, self.tags), FIGURES_ENV: "1" if draws else "0"}
+
+
+def wandb_labels(group: str, configs: list[str], job_type: str, tags: list[str]) -> dict[str, str]:
+    """W&B labels of a seed's runs: group = the sweep, its job type, tags naming the configs."""
+    tags = ["cnnlab-seeds", *(Path(c).stem for c in configs), *tags]
+    return {WANDB_GROUP_ENV: group, WANDB_JOB_TYPE_ENV: job_type, WANDB_TAGS_ENV: json.dumps(tags)}
+
+
+def wandb_labels_from_env() -> dict:
+    """The labels a launcher (or `cnnlab-seeds one`) set for this process's runs, as WandbLogger arguments."""
+    labels = {}
+    if os.environ.get(WANDB_GROUP_ENV):
+        labels["group"] = os.environ[WANDB_GROUP_ENV]
+    if os.environ.get(WANDB_JOB_TYPE_ENV):
+        labels["job_type"] = os.environ[WANDB_JOB_TYPE_ENV]
+    if os.environ.get(WANDB_TAGS_ENV):
+        labels["tags"] = json.loads(os.environ[WANDB_TAGS_ENV])
+    return labels
+
+
+def override_values(overrides: list[str]) -> dict:
+    """`--k=v`, `--k v` -> {k: v} with v read as YAML (so `1`, `1 ` and `'1'` on a shell agree) and k
+    without jsonargparse's `init_args` levels; the last given wins, as in the CLI."""
+    values: dict = {}
+    i = 0
+    while i < len(overrides):
+        token = overrides[i]
+        key, eq, value = token.partition("=")
+        if not eq and i + 1 < len(overrides) and not overrides[i + 1].startswith("--"):
+            value, i = overrides[i + 1], i + 1
+        try:
+            parsed = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError:
+            parsed = value
+        values[short(key.lstrip("-"))] = parsed
+        i += 1
+    return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-99', '3', '0,5,10-19' -> sorted distinct seeds."""
+    seeds: set[int] = set()
+    for part in str(text).split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match or (match[2] is not None and int(match[2]) < int(match[1])):
+            raise CnnlabError(
+                f"--seeds {text!r}: could not read {part!r}. Give seeds as a range and/or a list of "
+                "non-negative integers, e.g. 0-99 or 0,1,2 or 0-9,100-109."
+            )
+        seeds.update(range(int(match[1]), int(match[2] or match[1]) + 1))
+    if max(seeds) >= 2**32:
+        raise CnnlabError(f"--seeds {text!r}: seeds must be below 2**32 (numpy's limit), got {max(seeds)}.")
+    return sorted(seeds)
+
+
+def check_overrides(overrides: list[str]) -> None:
+    for token in overrides:
+        key = token.split("=", 1)[0]
+        if key in RESERVED or key == "-h":
+            raise CnnlabError(
+                f"{key} cannot be passed to a seed sweep: {RESERVED.get(key, RESERVED['--help'])}. Remove it; "
+                "every other --model/--data/--trainer override is passed to each seed as given."
+            )
