@@ -6,6 +6,7 @@ asymmetric, so training, augmentation and flip checks have something real to bit
 
 import gzip
 import hashlib
+import json
 import pickle
 import struct
 import sys
@@ -129,6 +130,17 @@ def only_run(tmp_path, experiment: str = "mnist_classifier"):
     runs = sorted((tmp_path / "runs" / experiment).iterdir())
     assert len(runs) == 1, runs
     return runs[0]
+
+
+def summary_of(directory: Path) -> dict:
+    return json.loads((directory / "summary.json").read_text())
+
+
+def last_evaluation(run: Path, subcommand: str) -> Path:
+    """The directory of the latest `subcommand` (validate/test/predict) of a run's checkpoints."""
+    found = sorted(p for p in (run / "evaluations").glob(f"*-{subcommand}*") if p.is_dir())
+    assert found, f"no {subcommand} evaluation under {run}"
+    return found[-1]
 
 
 def tiny_cli_args(config: str, data_root, runs_dir, *extra: str) -> list[str]:

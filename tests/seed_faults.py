@@ -1,5 +1,6 @@
-"""A callback that makes chosen seeds fail, for the launcher's tests: CNNLAB_TEST_FAULTS="0:raise,1:crash"
-makes seed 0 raise, seed 1 kill its process (as a segfault or the OOM killer would), `hang` sleeps."""
+"""Callbacks that inject faults, for the tests: SeedFaults makes chosen seeds of a sweep fail
+(CNNLAB_TEST_FAULTS="0:raise,1:crash": seed 0 raises, seed 1 kills its process as a segfault or the
+OOM killer would, `hang` sleeps); FailAtStep stops a run with an error at a given training step."""
 
 import os
 import time
@@ -19,3 +20,14 @@ class SeedFaults(Callback):
             os._exit(3)
         if fault == "hang":
             time.sleep(3600)
+
+
+class FailAtStep(Callback):
+    """Raise when training reaches `step` (a run that stops unfinished, to be resumed)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step >= self.step:
+            raise RuntimeError(f"injected fault at step {trainer.global_step}")

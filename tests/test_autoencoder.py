@@ -8,9 +8,11 @@ from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from cnnlab.errors import CnnlabError
+from cnnlab.protocol import check_pairing
 from datamodules import MNISTDataModule
 from lightning_modules import VAE, AutoEncoder
 from lightning_modules.gaussian_fit import GaussianFit
+from lightning_modules.latent_scores import LatentScores
 from lightning_modules.vae import kl_divergence, reparameterize
 from networks.autoencoder import ConvDecoder, ConvEncoder
 
@@ -113,7 +115,7 @@ def test_gradients_flow_through_the_reparameterisation():
 def test_log_variance_is_clamped_to_a_finite_range():
     model = VAE(**SMALL).eval()
     with torch.no_grad():
-        model.encoder.head.bias[model.latent_dim :] = 1e4  # an encoder gone wild
+        model.encoder.body.head.bias[model.latent_dim :] = 1e4  # an encoder gone wild
         mu, logvar = model.posterior(batch_of(2)[0])
     assert logvar.max() == 20.0 and torch.isfinite(kl_divergence(mu, logvar)).all()
 
@@ -126,7 +128,7 @@ def test_beta_scales_the_kl_term_of_the_training_loss():
         torch.manual_seed(0)
         model = VAE(**SMALL, beta=beta)
         torch.manual_seed(1)
-        losses[beta] = model._shared_step(batch, "train").item()
+        losses[beta] = model.training_step(batch, 0).item()
     torch.manual_seed(0)
     model = VAE(**SMALL)
     torch.manual_seed(1)
@@ -148,7 +150,7 @@ def test_kl_warm_up_weights_the_training_loss():
     torch.manual_seed(1)
     recon, kl, _ = model._terms(batch[0])
     torch.manual_seed(1)
-    loss = model._shared_step(batch, "train")  # no trainer: step 0, KL weight 0
+    loss = model.training_step(batch, 0)  # no trainer: step 0, KL weight 0
     assert loss.item() == pytest.approx(recon.mean().item(), rel=1e-5)
     assert kl.mean() > 0
 
@@ -188,12 +190,28 @@ def test_latent_gaussian_recovers_the_mean_and_covariance():
     assert gaussian.distance(point).item() == pytest.approx(torch.linalg.inv(cov)[1, 1].item(), rel=0.05)
 
 
-def test_bce_on_standardised_data_is_refused_at_setup(mnist_root):
-    model = AutoEncoder(**SMALL)
+def test_bce_on_standardised_data_is_refused_but_mse_is_not(mnist_root):
     datamodule = MNISTDataModule(data_dir=str(mnist_root), val_size=100, normalize=True)
-    trainer = Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
     with pytest.raises(CnnlabError, match=r"data\.normalize false"):
-        trainer.fit(model, datamodule=datamodule)
+        check_pairing(AutoEncoder(**SMALL), datamodule)
+    check_pairing(AutoEncoder(**SMALL, reconstruction_loss="mse"), datamodule)
+    check_pairing(AutoEncoder(**SMALL), MNISTDataModule(data_dir=str(mnist_root), normalize=False))
+
+
+def test_combined_score_is_the_standardised_loss_plus_the_standardised_latent_distance():
+    scores = LatentScores(latent_dim=2)
+    scores.latent_gaussian.mean.copy_(torch.tensor([1.0, -1.0]))
+    scores.latent_gaussian.precision.copy_(torch.tensor([[4.0, 0.0], [0.0, 0.25]]))  # std 0.5 and 2
+    scores.loss_gaussian.mean.fill_(100.0)
+    scores.loss_gaussian.precision.fill_(1 / 25)  # loss std 5
+    z = torch.tensor([[1.0, -1.0], [1.5, 1.0], [0.0, 3.0]])
+    loss = torch.tensor([100.0, 110.0, 90.0])
+    out = scores.scores(z, loss)
+    # by hand: squared Mahalanobis distances 0, (0.5/0.5)^2 + (2/2)^2 = 2, (1/0.5)^2 + (4/2)^2 = 8
+    assert torch.allclose(out["latent_distance"], torch.tensor([0.0, 2.0, 8.0]))
+    # (loss - 100) / 5 + (distance - D) / sqrt(2 D) with D = 2
+    assert torch.allclose(out["combined"], torch.tensor([0.0 - 1.0, 2.0 + 0.0, -2.0 + 3.0]))
+    assert torch.equal(out["loss"], loss)
 
 
 def fit_tiny(model, steps: int, tmp_path) -> Trainer:
@@ -234,8 +252,13 @@ def test_checkpoint_round_trip_gives_identical_outputs(cls, tmp_path):
     model.eval()
     assert loaded.hparams.upsample == "transposed" and loaded.latent_dim == SMALL["latent_dim"]
     # the latent Gaussian fitted at validation travels with the weights
-    assert not torch.equal(loaded.latent_gaussian.mean, torch.zeros(SMALL["latent_dim"]))
-    assert torch.equal(loaded.latent_gaussian.precision, model.latent_gaussian.precision)
+    fitted = loaded.latent_scores.latent_gaussian
+    assert not torch.equal(fitted.mean, torch.zeros(SMALL["latent_dim"]))
+    assert torch.equal(fitted.precision, model.latent_scores.latent_gaussian.precision)
+    # so do the validation scores that thresholds are drawn from
+    reference = loaded.reference_scores()
+    assert set(reference) >= {"loss", "latent_distance", "combined"} and len(reference["loss"]) == 32
+    assert all(torch.equal(reference[k], model.reference_scores()[k]) for k in reference)
     x, labels = batch_of(4)
     with torch.no_grad():
         assert torch.equal(loaded.encode(x), model.encode(x))
@@ -256,5 +279,9 @@ def test_latent_distance_is_fitted_on_the_validation_codes(tmp_path):
     model.eval()
     with torch.no_grad():
         z = model.encode(x).double()
-    assert torch.allclose(model.latent_gaussian.mean.double(), z.mean(0), atol=1e-5)
-    assert math.isclose(model.latent_gaussian.distance(z.float()).mean().item(), 4 * 31 / 32, rel_tol=0.02)
+    gaussian = model.latent_scores.latent_gaussian
+    assert torch.allclose(gaussian.mean.double(), z.mean(0), atol=1e-5)
+    assert math.isclose(gaussian.distance(z.float()).mean().item(), 4 * 31 / 32, rel_tol=0.02)
+    # the reference scores of that validation are measured against this very fit, not the one before
+    reference = model.reference_scores()
+    assert torch.allclose(reference["latent_distance"], gaussian.distance(z.float()), atol=1e-4)

@@ -7,7 +7,8 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
-from conftest import MNIST_TEST, only_run, tiny_cli_args
+from conftest import MNIST_TEST, last_evaluation, only_run, summary_of, tiny_cli_args
+from torchmetrics.functional.classification import binary_auroc
 
 from lightning_modules import VAE, AutoEncoder
 
@@ -20,8 +21,8 @@ def args_for(config: str, data_root: Path, tmp_path: Path, *extra: str) -> list[
     return tiny_cli_args(config, data_root, tmp_path / "runs", *TINY_MODEL, *extra)
 
 
-def metrics_of(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())["metrics"]
+def metrics_of(directory: Path) -> dict:
+    return summary_of(directory)["metrics"]
 
 
 def test_vae_fit_test_predict_end_to_end(run_cli, mnist_root, tmp_path):
@@ -33,23 +34,24 @@ def test_vae_fit_test_predict_end_to_end(run_cli, mnist_root, tmp_path):
     best = run / "checkpoints" / "best.ckpt"
 
     run_cli("test", [*args, f"--ckpt_path={best}"])
-    tested = metrics_of(run)
+    tested = metrics_of(last_evaluation(run, "test"))
     assert tested["test/neg_elbo"] == pytest.approx(tested["test/recon"] + tested["test/kl"], rel=1e-5)
     assert tested["test/loss"] == pytest.approx(tested["test/neg_elbo"], rel=1e-6)  # beta 1
     assert tested["test/iwae_nll"] < tested["test/neg_elbo"]  # the tighter bound
 
     run_cli("predict", [*args, "--ckpt_path=best"])
-    saved = torch.load(run / "predict" / "predictions.pt")
+    predicted = last_evaluation(run, "predict")
+    saved = torch.load(predicted / "predictions.pt")
     assert saved["latent"].shape == (MNIST_TEST, 4) and saved["label"].shape == (MNIST_TEST,)
     assert {"score_loss", "score_latent_kl", "score_latent_distance", "score_combined"} <= set(saved)
     # the predicted per-image negative ELBO is the checkpoint's (one posterior draw each, as in test)
     assert saved["score_loss"].mean().item() == pytest.approx(tested["test/neg_elbo"], rel=0.02)
-    with open(run / "predict" / "predictions.csv") as handle:
+    with open(predicted / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == MNIST_TEST and "latent_3" in rows[0] and "score_latent_kl" in rows[0]
-    reconstructions = iio.imread(run / "predict" / "figures" / "reconstructions" / "predict.png")
+    reconstructions = iio.imread(predicted / "figures" / "reconstructions" / "predict.png")
     assert reconstructions.shape[:2] == (4 * 30 + 2, 8 * 30 + 2)  # 16 inputs + 16 reconstructions, 8 a row
-    samples = iio.imread(run / "predict" / "figures" / "samples" / "predict.png")
+    samples = iio.imread(predicted / "figures" / "samples" / "predict.png")
     assert samples.shape[:2] == (8 * 30 + 2, 8 * 30 + 2)  # 64 samples
 
     model = VAE.load_from_checkpoint(best)  # a CLI checkpoint rebuilds with no arguments
@@ -62,33 +64,43 @@ def test_autoencoder_fit_test_predict_end_to_end(run_cli, mnist_root, tmp_path):
     run = only_run(tmp_path, "mnist_ae")
     run_cli("test", [*args, "--ckpt_path=best"])
     run_cli("predict", [*args, "--ckpt_path=best"])
-    test_loss = metrics_of(run)["test/loss"]
-    saved = torch.load(run / "predict" / "predictions.pt")
+    tested, predicted = last_evaluation(run, "test"), last_evaluation(run, "predict")
+    test_loss = metrics_of(tested)["test/loss"]
+    saved = torch.load(predicted / "predictions.pt")
     assert saved["latent"].shape == (MNIST_TEST, 4)
     # deterministic model: the per-image losses written by predict average to the test loss
     assert saved["score_loss"].mean().item() == pytest.approx(test_loss, rel=1e-4)
-    assert (run / "predict" / "figures" / "reconstructions" / "predict.png").is_file()
-    assert not (run / "predict" / "figures" / "samples").exists()  # an AE has no prior to sample
+    assert (predicted / "figures" / "reconstructions" / "predict.png").is_file()
+    assert not (predicted / "figures" / "samples").exists()  # an AE has no prior to sample
     assert AutoEncoder.load_from_checkpoint(run / "checkpoints" / "best.ckpt").latent_dim == 4
     # the config's latent-space figures: before training, after the epoch, and at test
     assert (run / "figures" / "latent_scatter" / "before-training.png").is_file()
     assert sorted(p.name for p in (run / "figures" / "latent_interpolation").glob("*.gif"))
-    assert (run / "test" / "figures" / "latent_scatter" / "test.png").is_file()
-    assert (run / "test" / "figures" / "latent_interpolation" / "test.gif").is_file()
+    assert (tested / "figures" / "latent_scatter" / "test.png").is_file()
+    assert (tested / "figures" / "latent_interpolation" / "test.gif").is_file()
 
 
 def test_anomaly_run_trains_on_normal_digits_and_scores_all(run_cli, mnist_root, tmp_path):
     args = args_for("mnist_anomaly_ae", mnist_root, tmp_path, "--data.normal_classes=[3]")
     run_cli("fit", args)
+    run = only_run(tmp_path, "mnist_anomaly_ae")
     run_cli("predict", [*args, "--ckpt_path=best"])
-    saved = torch.load(only_run(tmp_path, "mnist_anomaly_ae") / "predict" / "predictions.pt")
+    saved = torch.load(last_evaluation(run, "predict") / "predictions.pt")
     assert len(saved["label"]) == MNIST_TEST and set(saved["label"].tolist()) == set(range(10))
     assert torch.equal(saved["is_anomaly"], saved["label"] != 3)
-    # test: the config's LossHistogram ranks every anomaly score against the labels
+    # test: the config's LossHistogram ranks every anomaly score against the labels, from the scores the
+    # test step computed; they are the scores predict writes for the same checkpoint
     run_cli("test", [*args, "--ckpt_path=best"])
-    metrics = metrics_of(only_run(tmp_path, "mnist_anomaly_ae"))
+    metrics = metrics_of(last_evaluation(run, "test"))
     for score in ("loss", "latent_distance", "combined"):
-        assert 0.0 <= metrics[f"test/{score}_auroc"] <= 1.0
+        ranked = saved[f"score_{score}"].double()
+        expected = binary_auroc((ranked - ranked.min()) / (ranked.max() - ranked.min()), saved["is_anomaly"].long())
+        assert metrics[f"test/{score}_auroc"] == pytest.approx(expected.item(), abs=1e-4), score
+    assert metrics["test/auroc"] == metrics["test/combined_auroc"]  # the AE's primary score
+    # the threshold is the 95th percentile of the validation scores kept with the checkpoint
+    reference = AutoEncoder.load_from_checkpoint(run / "checkpoints" / "best.ckpt").reference_scores()
+    expected = torch.quantile(reference["combined"].double(), 0.95).item()
+    assert metrics["test/combined_threshold"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_bce_on_standardised_pixels_is_refused_with_the_fix(run_cli, mnist_root, tmp_path, capsys):
@@ -104,3 +116,39 @@ def test_cifar10_configs_fit(config, run_cli, cifar_root, tmp_path):
     summary = json.loads((only_run(tmp_path, config) / "summary.json").read_text())
     assert summary["config"]["model"]["init_args"]["image_shape"] == [3, 32, 32]
     assert torch.isfinite(torch.tensor(summary["metrics"]["val/loss"]))
+
+
+@pytest.mark.slow
+def test_ddp_fits_the_latent_gaussian_over_all_ranks_and_merges_predictions(run_cli, mnist_root, tmp_path):
+    """Two CPU processes (gloo) over 99 validation images (one rank a sample short, no padding): the
+    latent Gaussian and the reference scores come from every rank's images once, as one process gets
+    them; predictions are merged in dataset order."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from datamodules import MNISTDataModule
+
+    args = args_for("mnist_ae", mnist_root, tmp_path, "--data.max_eval_samples=99")
+    ddp = ["--trainer.devices=2", "--trainer.strategy=ddp"]
+    for subcommand, extra in (("fit", []), ("predict", ["--ckpt_path=best"])):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), subcommand, *args, *ddp, *extra],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    run = only_run(tmp_path, "mnist_ae")
+    model = AutoEncoder.load_from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
+    dm = MNISTDataModule(data_dir=str(mnist_root), val_size=100, max_eval_samples=99, normalize=False)
+    dm.setup("fit")
+    images, _ = dm.samples("val")
+    with torch.inference_mode():
+        codes = model.encode(dm.model_input(images)).double()
+    assert torch.allclose(model.latent_scores.latent_gaussian.mean.double(), codes.mean(0), atol=1e-4)
+    assert len(model.reference_scores()["loss"]) == 99  # every validation image, once
+    ddp_predictions = torch.load(last_evaluation(run, "predict") / "predictions.pt")
+    assert torch.equal(ddp_predictions["index"], torch.arange(99))  # max_eval_samples caps the test split too
+    run_cli("predict", [*args, "--ckpt_path=best"])
+    single = torch.load(last_evaluation(run, "predict") / "predictions.pt")
+    assert torch.allclose(ddp_predictions["score_loss"], single["score_loss"], rtol=1e-4, atol=1e-4)

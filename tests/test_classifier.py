@@ -6,6 +6,8 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from callbacks.schedule_guard import ScheduleLengthGuard
+from cnnlab.errors import CnnlabError
 from datamodules import MNISTDataModule
 from lightning_modules import ImageClassifier
 from lightning_modules.optimization import configure_optimizers
@@ -58,13 +60,17 @@ def test_label_smoothing_changes_only_the_training_loss():
     smooth.load_state_dict(plain.state_dict())
     batch = (torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))
     plain.eval(), smooth.eval()
-    assert not torch.isclose(plain._shared_step(batch, "train"), smooth._shared_step(batch, "train"))
-    assert torch.isclose(plain._shared_step(batch, "val"), smooth._shared_step(batch, "val"))
+    assert not torch.isclose(plain.training_step(batch, 0), smooth.training_step(batch, 0))
+    assert torch.isclose(plain.validation_step(batch, 0)["loss"], smooth.validation_step(batch, 0)["loss"])
 
 
 def test_classifier_learns_tiny_mnist(mnist_root):
+    """Measured (4 epochs, seeds 0-5, 1 and 2 threads, AMD): validation accuracy 0.07-0.13 before and
+    0.98-1.00 after. With the default rotations the synthetic classes (bars told apart by their slope)
+    blur into each other and the same seeds ended anywhere from 0.24 to 0.85 (0.79 on an Intel CPU
+    against the old 0.8 threshold), so augmentation is off here; its effect is tested elsewhere."""
     torch.manual_seed(0)
-    dm = MNISTDataModule(data_dir=str(mnist_root), val_size=100, batch_size=50)
+    dm = MNISTDataModule(data_dir=str(mnist_root), val_size=100, batch_size=50, augment=False)
     model = ImageClassifier(backbone="cnn", optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
     trainer = Trainer(
         max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
@@ -73,4 +79,37 @@ def test_classifier_learns_tiny_mnist(mnist_root):
     before = trainer.callback_metrics["val/acc"].item()
     trainer.fit(model, dm)
     after = trainer.callback_metrics["val/acc"].item()
-    assert before < 0.3 and after > 0.8, (before, after)
+    assert before < 0.3 and after > 0.9, (before, after)
+
+
+def tiny_fit(mnist_root, tmp_path, scheduler, epochs: int, ckpt_path=None):
+    torch.manual_seed(0)
+    dm = MNISTDataModule(data_dir=str(mnist_root), val_size=100, batch_size=50, max_train_samples=200)
+    model = ImageClassifier(
+        backbone="mlp", width=32, optimizer=functools.partial(torch.optim.SGD, lr=0.05), lr_scheduler=scheduler
+    )
+    trainer = Trainer(
+        max_epochs=epochs, logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", callbacks=[ScheduleLengthGuard()],
+    )  # fmt: skip
+    trainer.fit(model, dm, ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_a_plateau_schedule_watches_the_validation_loss(mnist_root, tmp_path):
+    plateau = functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0, factor=0.5)
+    trainer = tiny_fit(mnist_root, tmp_path, plateau, epochs=3)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert trainer.lr_scheduler_configs[0].monitor == "val/loss"
+    # the scheduler was stepped with each epoch's val/loss: its best is the last one seen at the latest
+    assert scheduler.best <= trainer.callback_metrics["val/loss"].item() + 1e-6
+    assert scheduler.last_epoch == 3
+
+
+def test_a_resume_longer_than_the_planned_schedule_is_refused_before_a_step(mnist_root, tmp_path):
+    onecycle = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.05)
+    trainer = tiny_fit(mnist_root, tmp_path, onecycle, epochs=1)
+    path = tmp_path / "one-epoch.ckpt"
+    trainer.save_checkpoint(path)
+    with pytest.raises(CnnlabError, match=r"planned for 4 steps, but this run asks for 8"):
+        tiny_fit(mnist_root, tmp_path, onecycle, epochs=2, ckpt_path=path)

@@ -12,11 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import MNIST_TEST, MNIST_TRAIN, ROOT, only_run
-
-
-def summary_of(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
+from conftest import MNIST_TEST, MNIST_TRAIN, ROOT, last_evaluation, only_run, summary_of
 
 
 def test_fit_test_predict_end_to_end(run_cli, tiny_args, tmp_path):
@@ -33,24 +29,31 @@ def test_fit_test_predict_end_to_end(run_cli, tiny_args, tmp_path):
     assert (run / "metrics.csv").is_file()
 
     run_cli("test", [*tiny_args, f"--ckpt_path={best}"])
-    summary = summary_of(run)
-    assert 0 <= summary["metrics"]["test/acc"] <= 1 and summary["metrics"]["test/loss"] > 0
-    assert summary["test_checkpoint"] == str(best)
-    assert (run / "test" / "metrics.csv").is_file()
+    test = last_evaluation(run, "test")
+    record = summary_of(test)
+    assert 0 <= record["metrics"]["test/acc"] <= 1 and record["metrics"]["test/loss"] > 0
+    assert record["checkpoint"]["path"] == str(best) and record["seed"] == 1234
+    assert record["data"]["split"] == "test" and record["data"]["size"] == MNIST_TEST
+    assert (test / "metrics.csv").is_file() and (test / "config.yaml").is_file()
+    # the run lists the evaluation; its training record is unchanged
+    listed = summary_of(run)["evaluations"]
+    assert [e["dir"] for e in listed] == [str(test)] and listed[0]["metrics"] == record["metrics"]
+    assert summary_of(run)["metrics"] == summary["metrics"]
 
     run_cli("predict", [*tiny_args, "--ckpt_path=best"])
-    with open(run / "predict" / "predictions.csv") as handle:
+    predicted = last_evaluation(run, "predict")
+    with open(predicted / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == MNIST_TEST
     assert [int(r["index"]) for r in rows] == list(range(MNIST_TEST))
     probs = torch.tensor([[float(r[f"probs_{k}"]) for k in range(10)] for r in rows])
     assert torch.allclose(probs.sum(1), torch.ones(MNIST_TEST), atol=1e-4)
     assert all(int(r["pred"]) == int(torch.tensor([float(r[f"probs_{k}"]) for k in range(10)]).argmax()) for r in rows)
-    saved = torch.load(run / "predict" / "predictions.pt")
+    saved = torch.load(predicted / "predictions.pt")
     assert saved["probs"].shape == (MNIST_TEST, 10)
     # predictions of the checkpoint agree with its test accuracy
     accuracy = (saved["pred"] == saved["label"]).float().mean().item()
-    assert accuracy == pytest.approx(summary["metrics"]["test/acc"], abs=1e-6)
+    assert accuracy == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
 
 
 def test_each_run_gets_its_own_directory(run_cli, tiny_args, tmp_path):
@@ -118,28 +121,6 @@ def test_ckpt_path_last_without_an_earlier_run_is_explained(run_cli, tiny_args, 
     assert "no earlier run of 'mnist_classifier'" in capsys.readouterr().err
 
 
-def test_test_reparses_the_checkpoint_only_where_its_model_arguments_differ(run_cli, tiny_args, tmp_path, monkeypatch):
-    """`test --ckpt_path` skips Lightning's re-parse of the config with the checkpoint's
-    hyperparameters when they are the model arguments already parsed (fit then test of one config,
-    every seed of cnnlab-seeds); where they differ it still runs, and the checkpoint's arguments win."""
-    from lightning.pytorch.cli import LightningCLI
-
-    run_cli("fit", [*tiny_args, "--model.label_smoothing=0.1"])
-    best = summary_of(only_run(tmp_path))["best_checkpoint"]
-    reparsed = []
-    parse = LightningCLI._parse_ckpt_path
-
-    def spy(self):
-        parse(self)
-        reparsed.append(self.config.test.model.init_args.label_smoothing)
-
-    monkeypatch.setattr(LightningCLI, "_parse_ckpt_path", spy)
-    run_cli("test", [*tiny_args, "--model.label_smoothing=0.1", f"--ckpt_path={best}"])
-    assert reparsed == []
-    run_cli("test", [*tiny_args, f"--ckpt_path={best}"])  # the config says label_smoothing 0.0
-    assert reparsed == [0.1]
-
-
 def test_an_unreadable_checkpoint_is_explained(run_cli, tiny_args, tmp_path, capsys):
     broken = tmp_path / "best.ckpt"
     broken.write_bytes(b"PK\x03\x04 cut short")
@@ -151,10 +132,23 @@ def test_an_unreadable_checkpoint_is_explained(run_cli, tiny_args, tmp_path, cap
 
 
 def test_bf16_mixed_precision_runs_the_autocast_path(run_cli, tiny_args, tmp_path):
-    run_cli("fit", [*tiny_args, "--data.max_train_samples=200", "--trainer.precision=bf16-mixed"])
-    summary = summary_of(only_run(tmp_path))
-    assert summary["config"]["trainer"]["precision"] == "bf16-mixed"
-    assert torch.isfinite(torch.tensor(summary["metrics"]["val/loss"]))
+    spy = ["--trainer.callbacks+=spies.DtypeSpy"]
+    run_cli("fit", [*tiny_args, "--data.max_train_samples=200", "--trainer.precision=bf16-mixed", *spy])
+    run = only_run(tmp_path)
+    seen = json.loads((run / "spy.json").read_text())
+    assert seen["training_output_dtype"] == "torch.bfloat16"  # the network ran under autocast
+    assert torch.isfinite(torch.tensor(summary_of(run)["metrics"]["val/loss"]))  # float32 loss, finite
+
+
+def test_validate_of_the_best_checkpoint_gives_its_validation_score(run_cli, tiny_args, tmp_path):
+    run_cli("fit", [*tiny_args, "--trainer.max_epochs=2"])
+    run = only_run(tmp_path)
+    summary = summary_of(run)
+    run_cli("validate", [*tiny_args, "--ckpt_path=best"])
+    record = summary_of(last_evaluation(run, "validate"))
+    assert record["kind"] == "evaluation" and record["data"]["split"] == "val" and record["data"]["size"] == 100
+    # the same weights on the same validation split: the score the checkpoint was chosen by
+    assert record["metrics"]["val/acc"] == pytest.approx(summary["best_score"], abs=1e-6)
 
 
 def test_a_nonfinite_loss_stops_the_run_with_step_and_value(run_cli, tiny_args, tmp_path, capsys):
@@ -177,7 +171,7 @@ def test_a_nonfinite_loss_stops_the_run_with_step_and_value(run_cli, tiny_args, 
     assert summary["status"] == "failed" and "The training loss became" in summary["error"]
 
 
-def test_cifar10_configs_with_and_without_augmentation(run_cli, cifar_root, tmp_path):
+def test_cifar10_augmentation_changes_the_pixels_a_run_trains_on(run_cli, cifar_root, tmp_path):
     common = [
         f"--data.data_dir={cifar_root}",
         "--data.val_size=50",
@@ -187,12 +181,16 @@ def test_cifar10_configs_with_and_without_augmentation(run_cli, cifar_root, tmp_
         "--trainer.logger=false",
         "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        "--trainer.callbacks+=spies.AugmentationSpy",
     ]
+    unchanged = {}
     for name in ("cifar10_classifier", "cifar10_classifier_noaug"):
         run_cli("fit", ["--config", str(ROOT / "configs" / f"{name}.yaml"), *common])
-        summary = summary_of(only_run(tmp_path, name))
-        assert summary["config"]["model"]["init_args"]["image_shape"] == [3, 32, 32]
-        assert summary["config"]["data"]["init_args"]["augment"] is (name == "cifar10_classifier")
+        run = only_run(tmp_path, name)
+        assert summary_of(run)["config"]["model"]["init_args"]["image_shape"] == [3, 32, 32]
+        unchanged[name] = json.loads((run / "spy.json").read_text())["unchanged_share"]
+    assert unchanged["cifar10_classifier_noaug"] == 1.0  # every training image exactly as stored
+    assert unchanged["cifar10_classifier"] < 0.3  # random crops and flips: few land back on the original
 
 
 def test_wandb_logs_offline_without_credentials(run_cli, tiny_args, tmp_path, monkeypatch, fresh_wandb):
@@ -205,7 +203,7 @@ def test_wandb_logs_offline_without_credentials(run_cli, tiny_args, tmp_path, mo
     run = only_run(tmp_path)
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
-    assert (offline[0] / "files" / "config.yaml").is_file()
+    assert (offline[0] / "files" / "cnnlab_config.yaml").is_file()  # W&B keeps config.yaml for itself
     assert summary_of(run)["wandb"]["id"] in offline[0].name
 
 
@@ -243,6 +241,7 @@ def test_resume_continues_step_count_after_a_kill(tiny_args, tmp_path, run_cli):
         "--trainer.max_epochs=30",
         "--trainer.log_every_n_steps=1",
         "--trainer.logger.init_args.flush_logs_every_n_steps=1",
+        "--trainer.callbacks=[]",  # the figures of 30 epochs are not what this test is about
     ]
     steps_per_epoch = (MNIST_TRAIN - 100) // 50
     proc = train_py(["fit", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -263,7 +262,7 @@ def test_resume_continues_step_count_after_a_kill(tiny_args, tmp_path, run_cli):
     run_cli("fit", [*args, "--ckpt_path=last"])
     run = only_run(tmp_path)
     summary = summary_of(run)
-    assert summary["status"] == "finished" and summary["resumed_at_step"] == killed_at
+    assert summary["status"] == "finished" and summary["resumes"][0]["at_step"] == killed_at
     assert summary["global_step"] == 30 * steps_per_epoch
     steps = []
     for part in (run / "metrics-part1.csv", run / "metrics.csv"):  # the killed run's rows, then the resumed
@@ -285,10 +284,10 @@ def test_ddp_fit_and_test_on_two_cpu_processes(tiny_args, tmp_path, run_cli):
     run = only_run(tmp_path)
     summary = summary_of(run)
     assert str(summary["config"]["trainer"]["devices"]) == "2" and summary["status"] == "finished"
-    ddp_metrics = summary["metrics"]
+    ddp_metrics = summary_of(last_evaluation(run, "test"))["metrics"]
     # The same checkpoint tested in one process: DDP counted each of the 99 images exactly once
     # (a padded sampler would have counted one twice and shifted accuracy and loss).
     run_cli("test", [*tiny_args, "--data.max_eval_samples=99", f"--ckpt_path={summary['best_checkpoint']}"])
-    single = summary_of(run)["metrics"]
+    single = summary_of(last_evaluation(run, "test"))["metrics"]
     assert ddp_metrics["test/acc"] == pytest.approx(single["test/acc"], abs=1e-6)
     assert ddp_metrics["test/loss"] == pytest.approx(single["test/loss"], rel=1e-5)

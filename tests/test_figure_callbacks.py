@@ -12,8 +12,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tiny_autoencoder import TinyAutoEncoder
 
 from callbacks import FilterAndFeatureMaps, LatentInterpolationGIF, LatentSpaceScatter, LossHistogram
-from callbacks.filters_and_feature_maps import first_conv
-from callbacks.inspection import fixed_subset
+from callbacks.figure import first_of_class, fixed_subset
+from callbacks.filters_and_feature_maps import layer_name
 from callbacks.latent_interpolation import lerp, slerp
 from callbacks.projection import pca_2d, tsne_2d
 from cnnlab.errors import CnnlabError
@@ -104,7 +104,9 @@ def test_interpolation_frames_decode_the_walk_between_the_two_codes(run):
     frames, inputs, pairs = gif.frames(run.trainer, run.model, "val")
     assert pairs == [(9, 4), (1, 7)] and frames.shape == (2, 2, STEPS, 1, 28, 28)
     dm = run.trainer.datamodule
-    x = dm.transform(dm.splits["val"].images[torch.tensor([gif_index(gif, dm, 9), gif_index(gif, dm, 4)])], False)
+    images, labels = dm.samples("val")
+    chosen = [first_of_class(labels, 9, gif.seed), first_of_class(labels, 4, gif.seed)]
+    x = dm.model_input(images[torch.tensor(chosen)])
     with torch.inference_mode():
         z = run.model.eval().encode(x)
         ends = dm.denormalize(run.model.decode(z))
@@ -118,12 +120,6 @@ def test_interpolation_frames_decode_the_walk_between_the_two_codes(run):
     third = dm.denormalize(run.model.decode(z[:1] * 2 / 3 + z[1:] / 3).detach())
     assert torch.allclose(frames[0, 0, 1], third[0], atol=1e-5)
     assert not torch.allclose(middle, ends[:1], atol=1e-3)  # the walk really moves
-
-
-def gif_index(gif: LatentInterpolationGIF, dm, cls: int) -> int:
-    from callbacks.inspection import first_of_class
-
-    return first_of_class(dm.splits["val"].labels, cls, gif.seed)
 
 
 def test_slerp_stays_on_the_sphere_and_lerp_cuts_through_it():
@@ -164,9 +160,10 @@ def test_filter_figures_are_written_once_and_every_epoch(run):
     assert first == ["before-training.png", "epoch000.png", "epoch001.png", "test.png"]
 
 
-def test_feature_maps_are_what_the_first_conv_computes(run):
-    name, conv = first_conv(run.model)
-    assert name == "encoder.0" and conv is run.model.encoder[0]  # not the decoder's ConvTranspose2d
+def test_feature_maps_are_what_the_layer_the_model_names_computes(run):
+    conv = run.model.feature_layer()  # the protocol names the layer; nothing walks the model to find one
+    name = layer_name(run.model, conv)
+    assert name == "encoder.0" and conv is run.model.encoder[0]
     filters = callback(run.trainer, FilterAndFeatureMaps)
     found_name, _, conv_input, conv_output, shown = filters.feature_maps(run.trainer, run.model, "val")
     assert found_name == name and conv_output.shape == (2, 8, 14, 14)  # stride 2: 28 -> 14
@@ -185,10 +182,12 @@ def test_callbacks_restore_the_module_training_flags(run):
 
 def test_latent_callbacks_refuse_a_model_without_a_latent_space():
     classifier = ImageClassifier()
-    trainer = types.SimpleNamespace(datamodule=None)
-    with pytest.raises(CnnlabError, match=r"encode\(\)"):
+    trainer = types.SimpleNamespace(datamodule=MNISTDataModule())
+    with pytest.raises(
+        CnnlabError, match=r"LatentSpaceScatter needs a model with a latent space.*encode \(LatentModel\)"
+    ):
         LatentSpaceScatter().setup(trainer, classifier, "fit")
-    with pytest.raises(CnnlabError, match=r"decode"):
+    with pytest.raises(CnnlabError, match=r"decode \(LatentModel\)"):
         LatentInterpolationGIF().setup(trainer, classifier, "fit")
 
 
@@ -278,3 +277,36 @@ trainer:
     histogram = callback(cli.trainer, LossHistogram)
     assert histogram.percentile == 99 and histogram.log_y and histogram.stages == ["test"]
     assert callback(cli.trainer, FilterAndFeatureMaps).conv_settings == [(1, 1), (2, 0)]
+
+
+def test_the_scatter_draws_the_points_it_is_given_in_class_colours():
+    from callbacks.latent_scatter import scatter_figure
+
+    points = torch.tensor([[0.0, 1.0], [2.0, -1.0], [3.5, 0.5], [-1.0, -2.0]])
+    labels = torch.tensor([0, 1, 0, 2])
+    figure = scatter_figure(points, labels, ["zero", "one", "two"], ("x", "y"), "title")
+    drawn = figure.axes[0].collections[0]
+    assert torch.allclose(torch.tensor(drawn.get_offsets(), dtype=torch.float32), points)
+    colours = drawn.get_facecolors()[:, :3]
+    assert (colours[0] == colours[2]).all() and not (colours[0] == colours[1]).all()  # one colour per class
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["zero", "one", "two"]
+
+
+def test_the_extremes_figure_shows_the_lowest_and_highest_scores():
+    from callbacks.loss_histogram import SplitScores, _extremes
+    from callbacks.mosaic import Mosaic
+
+    n, k = 6, 2
+    images = torch.stack([torch.full((1, 4, 4), i / 10) for i in range(n)])  # image i is grey level i/10
+    scores = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.7, 0.2])
+    split = SplitScores(torch.arange(n), torch.arange(n), {"loss": scores}, torch.zeros(n, dtype=torch.bool))
+    picks = torch.cat([scores.argsort()[:k], scores.argsort(descending=True)[:k]])
+    figure = _extremes(images[picks], split, picks, "loss", str, k)
+    canvas = figure.axes[0].get_images()[0].get_array()
+    layout = Mosaic(2, k, 4, 4, pad=6)
+    shown = []
+    for row in range(2):
+        for col in range(k):
+            top, left = layout._origin(row, col)
+            shown.append(round(float(canvas[top + 1, left + 1, 0]) * 10))
+    assert shown == [1, 5, 2, 4]  # lowest scores (images 1, 5), then highest (images 2, 4)

@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks import ReconstructionGrid, SampleGrid
-from callbacks.eval_mode import eval_mode
+from callbacks.figure import FigureCallback
+from cnnlab.errors import CnnlabError
 from lightning_modules import VAE, AutoEncoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,16 +66,18 @@ def test_sample_grid_uses_fixed_noise_and_leaves_the_global_rng_alone(tmp_path):
     assert iio.imread(folder / "again.png").shape[:2] == (2 * 30 + 2, 2 * 30 + 2)
 
 
-def test_sample_grid_skips_models_without_a_prior(tmp_path):
-    fit(AutoEncoder(**SMALL), [SampleGrid()], tmp_path)
+def test_sample_grid_refuses_a_model_without_a_prior_in_one_paragraph(tmp_path):
+    with pytest.raises(CnnlabError, match=r"SampleGrid needs a generative model.*AutoEncoder has no sample"):
+        fit(AutoEncoder(**SMALL), [SampleGrid()], tmp_path)
     assert not (tmp_path / "figures" / "samples").exists()
 
 
-def test_eval_mode_restores_each_submodules_own_state():
+def test_evaluating_restores_each_submodules_own_state():
     model = nn.Sequential(nn.BatchNorm1d(2), nn.Dropout(0.5))
     model.train()
     model[1].eval()  # a submodule frozen on purpose
-    with eval_mode(model):
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    with FigureCallback.evaluating(trainer, model):
         assert not model.training and not model[0].training
         assert torch.is_inference_mode_enabled()
     assert model.training and model[0].training and not model[1].training

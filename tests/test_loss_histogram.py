@@ -9,7 +9,7 @@ import types
 
 import pytest
 import torch
-from conftest import MNIST_TEST, ROOT
+from conftest import MNIST_TEST, ROOT, last_evaluation, summary_of
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 from tiny_autoencoder import TinyAutoEncoder
@@ -100,10 +100,10 @@ def test_anomaly_report_logs_every_score_of_the_module(anomaly_run):
 
 def test_threshold_is_the_percentile_of_the_normal_validation_scores(anomaly_run):
     dm, model = anomaly_run.dm, anomaly_run.model.eval()
-    val = dm.splits["val"]
+    images, labels = dm.samples("val")
     with torch.inference_mode():
-        losses = model.per_sample_loss((dm.transform(val.images, train=False), val.labels))
-    assert set(val.labels.tolist()) <= set(NORMAL)
+        losses = model.per_sample_loss((dm.model_input(images), labels))
+    assert set(labels.tolist()) <= set(NORMAL)
     expected = torch.quantile(losses.double(), 0.90).item()
     assert anomaly_run.trainer.callback_metrics["test/loss_threshold"].item() == pytest.approx(expected, rel=1e-5)
 
@@ -111,11 +111,11 @@ def test_threshold_is_the_percentile_of_the_normal_validation_scores(anomaly_run
 def test_per_sample_csv_has_every_test_sample_once_with_its_score(anomaly_run):
     rows = read_rows(next((anomaly_run.figures / "test_per_sample_scores").glob("*.csv")))
     assert [int(r["index"]) for r in rows] == list(range(MNIST_TEST))
-    test = anomaly_run.dm.splits["test"]
+    images, labels = anomaly_run.dm.samples("test")
     with torch.inference_mode():
-        losses = anomaly_run.model.eval().per_sample_loss((anomaly_run.dm.transform(test.images, False), test.labels))
+        losses = anomaly_run.model.eval().per_sample_loss((anomaly_run.dm.model_input(images), labels))
     assert torch.allclose(torch.tensor([float(r["loss"]) for r in rows]), losses, atol=1e-5)
-    assert [r["is_anomaly"] == "True" for r in rows] == [label not in NORMAL for label in test.labels.tolist()]
+    assert [r["is_anomaly"] == "True" for r in rows] == [label not in NORMAL for label in labels.tolist()]
     # precision and recall logged at the threshold are those of the 'flagged' column
     flagged = torch.tensor([r["flagged"] == "True" for r in rows])
     truth = torch.tensor([r["is_anomaly"] == "True" for r in rows])
@@ -123,6 +123,28 @@ def test_per_sample_csv_has_every_test_sample_once_with_its_score(anomaly_run):
     metrics = anomaly_run.trainer.callback_metrics
     assert metrics["test/loss_precision"].item() == pytest.approx(precision.item(), abs=1e-6)
     assert metrics["test/loss_recall"].item() == pytest.approx(((flagged & truth).sum() / truth.sum()).item())
+
+
+def test_the_report_takes_the_steps_scores_and_runs_no_forward_pass_of_its_own(mnist_root, tmp_path):
+    torch.manual_seed(0)
+    dm = MNISTDataModule(
+        data_dir=str(mnist_root), val_size=100, batch_size=50, max_train_samples=100, normal_classes=NORMAL
+    )
+    model = TinyAutoEncoder()
+    calls = []
+    original = model.anomaly_scores
+    model.anomaly_scores = lambda batch: calls.append(len(batch[0])) or original(batch)
+    trainer = Trainer(
+        max_epochs=1, logger=False, default_root_dir=tmp_path, callbacks=[LossHistogram(num_extremes=2)],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+        num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(model, dm)
+    trainer.test(model, dm, verbose=False)
+    # one call per evaluation batch, made by the steps themselves: every validation and test image once
+    n_val, n_test = len(dm.samples("val")[1]), len(dm.samples("test")[1])
+    assert sum(calls) == n_val + n_test
+    assert "test/loss_auroc" in trainer.callback_metrics and "test/auroc" in trainer.callback_metrics
 
 
 def test_histograms_and_extremes_are_drawn_for_validation_and_test(anomaly_run):
@@ -172,12 +194,15 @@ def test_ddp_report_counts_each_sample_once_and_matches_one_process(run_cli, tin
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    ddp_rows = read_rows(next((run / "test" / "figures" / "test_per_sample_scores").glob("*.csv")))
-    ddp_metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    ddp_test = last_evaluation(run, "test")
+    ddp_rows = read_rows(next((ddp_test / "figures" / "test_per_sample_scores").glob("*.csv")))
+    ddp_metrics = summary_of(ddp_test)["metrics"]
 
     run_cli("test", [*args, f"--ckpt_path={best}"])
-    single_rows = read_rows(next((run / "test" / "figures" / "test_per_sample_scores").glob("*.csv")))
-    single_metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    single_test = last_evaluation(run, "test")
+    assert single_test != ddp_test  # each evaluation its own record
+    single_rows = read_rows(next((single_test / "figures" / "test_per_sample_scores").glob("*.csv")))
+    single_metrics = summary_of(single_test)["metrics"]
 
     assert [int(r["index"]) for r in ddp_rows] == list(range(99))  # every sample, once, in order
     assert [r["label"] for r in ddp_rows] == [r["label"] for r in single_rows]

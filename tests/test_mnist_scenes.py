@@ -9,7 +9,7 @@ from conftest import write_idx
 from cnnlab.errors import CnnlabError
 from datamodules import MNISTDataModule, MNISTScenesDataModule
 from datamodules.mnist_scenes import EpochSampler, FreshScenes, SceneLayout, SceneSpec, render_scenes, scale_digits
-from datamodules.noise import add_noise
+from datamodules.noise import add_noise, fixed_noisy_copy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -212,13 +212,22 @@ def test_bad_scene_settings_are_one_paragraph():
 # -- noise of denoising runs ------------------------------------------------------------------
 
 
-def test_eval_noise_depends_on_the_image_index_not_the_batch():
-    clean = torch.full((3, 1, 28, 28), 0.5)
-    together = add_noise(clean, "gaussian", 0.2, index=torch.tensor([4, 9, 11]), seed=0)
-    alone = add_noise(clean[:1], "gaussian", 0.2, index=torch.tensor([9]), seed=0)
-    assert torch.equal(together[1], alone[0])
-    assert not torch.equal(together[0], together[1])
-    assert not torch.equal(alone, add_noise(clean[:1], "gaussian", 0.2, index=torch.tensor([9]), seed=1))
+def test_eval_noise_is_drawn_once_per_image_from_the_data_seed(mnist_root):
+    """The evaluation noise is fixed when the split is set up: the same image gets the same noise in
+    every epoch, batch size and order, and another data seed gives other noise."""
+
+    def noisy_val(batch_size: int, data_seed: int = 0) -> torch.Tensor:
+        dm = MNISTDataModule(
+            data_dir=str(mnist_root), val_size=100, normalize=False, noise="gaussian", noise_level=0.3,
+            eval_batch_size=batch_size, data_seed=data_seed,
+        )  # fmt: skip
+        dm.setup("fit")
+        return torch.cat([dm.on_after_batch_transfer(b, 0)[0] for b in dm.val_dataloader()])
+
+    first = noisy_val(7)
+    assert torch.equal(first, noisy_val(50))  # batching does not matter
+    assert not torch.equal(first, noisy_val(50, data_seed=1))
+    assert first.shape == (100, 1, 28, 28)
 
 
 def test_training_noise_follows_the_model_seed():
@@ -230,19 +239,24 @@ def test_training_noise_follows_the_model_seed():
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
 
 
-@pytest.mark.parametrize("hashed", [False, True])
-def test_gaussian_noise_has_the_requested_std(hashed):
+@pytest.mark.parametrize("fixed", [False, True])
+def test_gaussian_noise_has_the_requested_std(fixed):
     clean = torch.full((64, 1, 32, 32), 0.5)
-    index = torch.arange(64) if hashed else None
-    noise = add_noise(clean, "gaussian", 0.1, index=index) - clean
-    assert abs(noise.mean().item()) < 0.002 and noise.std().item() == pytest.approx(0.1, rel=0.02)
+    if fixed:  # drawn once into uint8 images, as evaluation splits are
+        noise = fixed_noisy_copy((clean * 255).round().to(torch.uint8), "gaussian", 0.1, seed=0).float() / 255 - clean
+    else:
+        noise = add_noise(clean, "gaussian", 0.1) - clean
+    assert abs(noise.mean().item()) < 0.003 and noise.std().item() == pytest.approx(0.1, rel=0.02)
 
 
-@pytest.mark.parametrize("hashed", [False, True])
-def test_salt_and_pepper_hits_the_requested_fraction_of_pixels_in_all_channels(hashed):
+@pytest.mark.parametrize("fixed", [False, True])
+def test_salt_and_pepper_hits_the_requested_fraction_of_pixels_in_all_channels(fixed):
     clean = torch.full((64, 3, 32, 32), 0.5)
-    index = torch.arange(64) if hashed else None
-    noisy = add_noise(clean, "salt_and_pepper", 0.2, index=index)
+    if fixed:
+        stored = fixed_noisy_copy(torch.full((64, 3, 32, 32), 128, dtype=torch.uint8), "salt_and_pepper", 0.2, seed=0)
+        noisy = torch.where(stored == 128, 0.5, stored.float() / 255)
+    else:
+        noisy = add_noise(clean, "salt_and_pepper", 0.2)
     hit = noisy != 0.5
     assert torch.equal(hit.all(1), hit.any(1))  # a hit pixel is hit in every channel
     assert hit[:, 0].float().mean().item() == pytest.approx(0.2, abs=0.01)
@@ -253,9 +267,10 @@ def test_denoising_batches_are_noisy_and_clean_pairs_fixed_outside_training(mnis
     dm = MNISTDataModule(data_dir=str(mnist_root), val_size=100, normalize=False, noise="gaussian", noise_level=0.3)
     dm.setup("fit")
     raw = next(iter(dm.val_dataloader()))
-    assert torch.equal(raw[1], torch.arange(len(raw[1])))  # the loader carries dataset indices
+    images, _ = dm.samples("val")
+    assert torch.equal(raw[1], images[: len(raw[1])])  # the loader carries the clean images as targets
     noisy, clean = dm.on_after_batch_transfer(raw, 0)
-    assert torch.equal(clean, raw[0].float() / 255)
+    assert torch.equal(clean, images[: len(raw[1])].float() / 255)
     assert noisy.shape == clean.shape and noisy.min() >= 0 and noisy.max() <= 1
     assert (noisy - clean).abs().mean() > 0.1
     assert torch.equal(noisy, dm.on_after_batch_transfer(raw, 0)[0])

@@ -12,23 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, summary_of
 from scipy import stats as sps
 
+from cnnlab.environment import FIGURES_ENV, WANDB_GROUP_ENV, WANDB_JOB_TYPE_ENV, WANDB_TAGS_ENV
 from cnnlab.errors import CnnlabError
 from cnnlab.seeds import stats
 from cnnlab.seeds.command import main
-from cnnlab.seeds.launcher import (
-    WANDB_LOGGER,
-    Progress,
-    Sweep,
-    detect_gpus,
-    device_of,
-    logger_class_path,
-    parse_seeds,
-    sweep_lock,
-)
-from cnnlab.seeds.registry import Registry, SeedRecord
+from cnnlab.seeds.launcher import sweep_lock
+from cnnlab.seeds.pool import detect_gpus, device_of
+from cnnlab.seeds.progress import Progress
+from cnnlab.seeds.registry import Registry, SeedRecord, evaluation_of_best, outcome_of
+from cnnlab.seeds.sweep import Sweep, parse_seeds
 
 CLASSIFIER = str(ROOT / "configs" / "mnist_classifier.yaml")
 CSV = str(ROOT / "configs" / "logger" / "csv.yaml")
@@ -113,24 +108,28 @@ def test_overrides_that_would_change_seed_or_folder_are_refused(token, tmp_path)
 
 
 def test_the_model_seed_is_explicit_and_last_and_wandb_gets_group_job_type_tags(tmp_path):
-    sweep = Sweep(name="cnn", configs=[CLASSIFIER], seeds=[0], overrides=["--data.augment=false"], root=tmp_path)
-    args = sweep.args(7, wandb=True)
+    sweep = Sweep(name="cnn", configs=[CLASSIFIER], seeds=[5, 6], overrides=["--data.augment=false"], root=tmp_path)
+    args = sweep.args(7)
     assert args[-1] == "--seed_everything=7"
     assert "--experiment=cnn" in args and f"--trainer.default_root_dir={tmp_path.resolve()}" in args
-    assert "--trainer.logger.init_args.group=cnn" in args
-    assert "--trainer.logger.init_args.job_type=seed" in args
-    tags = next(a for a in args if a.startswith("--trainer.logger.init_args.tags="))
-    assert json.loads(tags.split("=", 1)[1]) == ["cnnlab-seeds", "mnist_classifier"]
-    assert not any("init_args.group" in a for a in sweep.args(7, wandb=False))
+    env = sweep.env(5)
+    assert (env[WANDB_GROUP_ENV], env[WANDB_JOB_TYPE_ENV]) == ("cnn", "seed")
+    assert json.loads(env[WANDB_TAGS_ENV]) == ["cnnlab-seeds", "mnist_classifier"]
+    # figures for the first seed only, by default; all or none on request
+    assert (sweep.env(5)[FIGURES_ENV], sweep.env(6)[FIGURES_ENV]) == ("1", "0")
+    every = Sweep(name="cnn", configs=[CLASSIFIER], seeds=[5, 6], root=tmp_path, figures="all")
+    assert every.env(6)[FIGURES_ENV] == "1"
 
 
-def test_the_logger_is_resolved_as_the_cli_would():
-    assert logger_class_path([CLASSIFIER], []) == WANDB_LOGGER  # CnnlabCLI's default
-    assert logger_class_path([CLASSIFIER, CSV], []) == "lightning.pytorch.loggers.CSVLogger"
-    assert logger_class_path([CLASSIFIER, CSV], ["--trainer.logger", "false"]) is None
-    assert logger_class_path([CLASSIFIER], ["--trainer.logger.class_path=lightning.pytorch.loggers.CSVLogger"]) == (
-        "lightning.pytorch.loggers.CSVLogger"
+def test_sweep_identity_compares_resolved_settings_not_their_spelling(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    one = Sweep("s", ["configs/mnist_classifier.yaml"], [0], ["--data.augment=false", "--model.width", "16"], tmp_path)
+    two = Sweep(
+        "s", ["./configs/mnist_classifier.yaml"], [0], ["--data.augment", "false", "--model.width=16"], tmp_path
     )
+    assert one.identity() == two.identity()
+    three = Sweep("s", [CLASSIFIER], [0], ["--data.augment=true", "--model.width=16"], tmp_path)
+    assert three.identity() != one.identity()
 
 
 def test_gpus_are_shared_round_robin(monkeypatch):
@@ -183,13 +182,16 @@ def test_summary_statistics_match_numpy():
     assert (d.min, d.min_seed, d.max, d.max_seed) == (0.972, 106, 0.990, 105)
 
 
-def test_bootstrap_interval_of_the_mean_agrees_with_scipy():
-    low, high = stats.bootstrap_mean_ci(VALUES, resamples=20000)
-    ref = sps.bootstrap((VALUES,), np.mean, n_resamples=20000, method="percentile", rng=1).confidence_interval
+def test_interval_of_the_mean_is_scipys_bca_bootstrap():
+    low, high, how = stats.mean_ci(VALUES, resamples=20000)
+    ref = sps.bootstrap((VALUES,), np.mean, n_resamples=20000, method="BCa", rng=1).confidence_interval
     width = ref.high - ref.low
+    assert how == "BCa bootstrap"
     assert low == pytest.approx(ref.low, abs=0.05 * width)
     assert high == pytest.approx(ref.high, abs=0.05 * width)
-    assert stats.bootstrap_mean_ci(VALUES, resamples=20000) == (low, high)  # fixed generator: reproducible
+    assert stats.mean_ci(VALUES, resamples=20000) == (low, high, how)  # fixed generator: reproducible
+    # no spread at all: BCa cannot be formed, the t-interval (of width 0) stands in
+    assert stats.mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.5, "t")
 
 
 def test_welch_t_test_matches_the_formula():
@@ -200,7 +202,7 @@ def test_welch_t_test_matches_the_formula():
     assert d.diff == pytest.approx(VALUES.mean() - OTHER.mean(), abs=1e-12)
     assert d.t == pytest.approx(t, rel=1e-10) and d.df == pytest.approx(df, rel=1e-10)
     assert d.p_t == pytest.approx(2 * sps.t.sf(abs(t), df), rel=1e-8)
-    assert d.ci_low > 0 and d.excludes_zero
+    assert d.ci_low > 0 and d.clear
 
 
 def test_permutation_test_is_exact_on_small_groups():
@@ -219,8 +221,18 @@ def test_paired_comparison_uses_the_per_seed_differences():
     d = stats.difference(a, b, paired=True)
     ref = sps.ttest_rel(b, a)
     assert d.t == pytest.approx(ref.statistic) and d.p_t == pytest.approx(ref.pvalue)
-    low, high = stats.bootstrap_mean_ci(b - a)
+    low, high, _ = stats.mean_ci(b - a)
     assert (d.ci_low, d.ci_high) == pytest.approx((low, high), abs=0.15 * (high - low))
+
+
+def test_a_difference_is_clear_only_when_interval_and_tests_agree():
+    # four seeds, as in the case that was found: the bootstrap interval of the per-seed differences
+    # excludes zero, but the paired t-test and the permutation test do not reject
+    a = np.array([0.9821, 0.9835, 0.9810, 0.9829])
+    b = a + np.array([0.0010, 0.0040, -0.0005, 0.0020])
+    d = stats.difference(a, b, paired=True)
+    assert d.ci_low > 0 and d.p_t > 0.05 and d.p_permutation > 0.05
+    assert not d.clear
 
 
 def test_holm_adjustment():
@@ -235,7 +247,7 @@ def fake_sweep(root: Path, name: str, acc: np.ndarray, seeds=None) -> Path:
     seed whose validation score is best while its test score is not."""
     folder = root / name
     with Registry(folder) as registry:
-        registry.set_meta(name=name, identity={"configs": [{"path": "x.yaml"}], "overrides": []}, wandb=False)
+        registry.set_meta(name=name, identity={"configs": [{"path": "x.yaml"}], "overrides": {}})
         for i, (seed, value) in enumerate(zip(seeds or range(len(acc)), acc, strict=True)):
             val = 0.999 if i == 1 else value - 0.01
             registry.put(
@@ -285,8 +297,20 @@ def test_compare_names_the_better_sweep_when_the_interval_excludes_zero(tmp_path
     assert float(row["diff"]) == pytest.approx(float(row["mean_b"]) - float(row["mean_a"]), abs=1e-12)
     assert float(row["ci_low"]) > 0
     text = capsys.readouterr().out
-    assert "The interval excludes zero: cnn is better on test/acc" in text
+    assert "The interval excludes zero and both tests reject at 0.05: cnn is better on test/acc" in text
+    assert "Warning" not in text  # 40 seeds a side
     assert (out / "overlay.png").is_file()
+
+
+def test_compare_verdict_agrees_with_its_tests_and_warns_at_small_n(tmp_path, capsys):
+    a = np.array([0.9821, 0.9835, 0.9810, 0.9829])
+    fake_sweep(tmp_path, "base", a)
+    fake_sweep(tmp_path, "new", a + np.array([0.0010, 0.0040, -0.0005, 0.0020]))
+    assert main(["compare", "base", "new", "--root", str(tmp_path), "--paired"]) == 0
+    text = capsys.readouterr().out
+    assert "is better" not in text
+    assert "No clear difference: the interval excludes zero, but the tests do not reject" in text
+    assert "Warning: with only 4 seeds on a side" in text
 
 
 def test_compare_says_it_cannot_tell_when_the_interval_includes_zero(tmp_path, capsys):
@@ -294,7 +318,7 @@ def test_compare_says_it_cannot_tell_when_the_interval_includes_zero(tmp_path, c
     fake_sweep(tmp_path, "aug", values)
     fake_sweep(tmp_path, "noaug", values[::-1] + 1e-5)
     assert main(["compare", "noaug", "aug", "--root", str(tmp_path), "--paired"]) == 0
-    assert "The interval includes zero: at these numbers of seeds the data cannot tell" in capsys.readouterr().out
+    assert "No clear difference: the interval includes zero" in capsys.readouterr().out
 
 
 def test_compare_refuses_a_metric_one_sweep_lacks(tmp_path, capsys):
@@ -422,8 +446,11 @@ def test_twenty_seeds_finish_each_as_its_own_run(sweep20):
     for seed, record in final.items():
         summary = json.loads((Path(record.run_dir) / "summary.json").read_text())
         assert summary["seed"] == seed and summary["data_seed"] == 0  # the model seed varies, the split does not
-        assert summary["metrics"] == record.metrics and "test/acc" in record.metrics
-        assert summary["test_checkpoint"] == record.best_checkpoint
+        assert outcome_of(summary)["metrics"] == record.metrics and "test/acc" in record.metrics
+        assert evaluation_of_best(summary)["checkpoint"]["path"] == record.best_checkpoint
+    # figures: the first seed's run draws them, the others do not (their metrics are the same kind)
+    drawn = {seed for seed, r in final.items() if (Path(r.run_dir) / "figures").is_dir()}
+    assert drawn == {0}
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     if head:
         assert all(r.git_commit.startswith(head) for r in final.values())
@@ -437,6 +464,10 @@ def test_ctrl_c_stops_the_workers_and_marks_running_seeds_interrupted(sweep20):
     assert "interrupted:" in sweep20["ctrl_c_stderr"] and "Run the same command again" in sweep20["ctrl_c_stderr"]
     assert not any(r.status == "running" for r in after.values())
     assert sweep20["workers_after_ctrl_c"] == set()
+    # the runs the workers had open say so, instead of 'running' for ever
+    for record in after.values():
+        if record.status == "interrupted" and record.run_dir:
+            assert summary_of(Path(record.run_dir))["status"] in ("interrupted", "finished")
 
 
 @pytest.mark.slow
@@ -465,7 +496,7 @@ def test_a_seed_in_a_warm_worker_equals_a_standalone_train_py_run(sweep20, mnist
     (summary_path,) = root.glob("mnist_classifier/*/summary.json")
     best = json.loads(summary_path.read_text())["best_checkpoint"]
     subprocess.run([*train, "test", *common, f"--ckpt_path={best}"], cwd=ROOT, env=env, check=True, capture_output=True)
-    assert json.loads(summary_path.read_text())["metrics"] == record.metrics
+    assert outcome_of(json.loads(summary_path.read_text()))["metrics"] == record.metrics
 
 
 @pytest.mark.slow
@@ -501,11 +532,17 @@ def test_a_bad_override_stops_the_sweep_instead_of_failing_every_seed(mnist_root
     assert "all failed with the same error" in err and "vgg99" in err
     statuses = [r.status for r in records(tmp_path / "typo").values()]
     assert statuses.count("failed") == 3 and statuses.count("finished") == 0
+    # the advice works: the same command with the override fixed takes the sweep over (nothing finished)
+    assert main([*args, "--seeds=0-1", "--model.backbone=mlp"]) == 0
+    final = records(tmp_path / "typo")
+    assert final[0].status == final[1].status == "finished"
 
 
 def test_a_changed_sweep_is_refused_rather_than_mixed(tmp_path, capsys):
     with Registry(tmp_path / "cnn") as registry:
-        registry.set_meta(name="cnn", identity={"configs": [], "overrides": ["--data.augment=true"]})
+        registry.set_meta(name="cnn", identity={"configs": [], "overrides": {"data.augment": True}})
+        registry.add_pending([0])
+        registry.put(SeedRecord(0, status="finished"))  # a finished seed makes the settings binding
     assert main(["run", "--config", CLASSIFIER, "--seeds=0-1", "--name=cnn", f"--root={tmp_path}"]) == 2
     assert "was started with other settings" in capsys.readouterr().err
 
@@ -535,7 +572,7 @@ def test_one_seed_for_wandb_agents_logs_group_job_type_tags_seed_and_commit(
     assert main(["one", *args, "--seed_everything=3"]) == 0  # as `wandb agent` runs configs/sweeps/*.yaml
     (summary_path,) = (tmp_path / "group-xyz").glob("*-seed3/summary.json")
     summary = json.loads(summary_path.read_text())
-    assert summary["seed"] == 3 and "test/acc" in summary["metrics"]
+    assert summary["seed"] == 3 and "test/acc" in evaluation_of_best(summary)["metrics"]
     logger = summary["config"]["trainer"]["logger"]["init_args"]
     assert (logger["group"], logger["job_type"]) == ("group-xyz", "seed")
     assert logger["tags"] == ["cnnlab-seeds", "mnist_classifier"]
@@ -562,3 +599,24 @@ def test_wandb_sweep_configs_run_one_seed_of_an_experiment_per_agent_job(name):
 def test_one_seed_without_an_explicit_seed_is_refused(capsys):
     assert main(["one", "--config", CLASSIFIER]) == 2
     assert "explicit integer model seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["--help"], ["run", "--help"], ["report", "--help"], ["compare", "--help"]])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(command)
+    assert info.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_one_has_help_without_running_anything(capsys):
+    assert main(["one", "--help"]) == 0
+    assert "usage: cnnlab-seeds one" in capsys.readouterr().out
+
+
+def test_report_from_wandb_without_credentials_is_one_paragraph(tmp_path, monkeypatch, capsys, fresh_wandb):
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert main(["report", "mnist-cnn", "--from-wandb", "me/cnnlab", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "wandb has no credentials" in err and "wandb login" in err and "Traceback" not in err

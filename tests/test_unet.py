@@ -15,10 +15,10 @@ from networks.unet import UNet
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("upsampling", ["bilinear", "transpose"])
+@pytest.mark.parametrize("upsample", ["bilinear", "nearest", "transposed"])
 @pytest.mark.parametrize("size", [(28, 28), (5, 7), (33, 65), (64, 64), (1, 1)])
-def test_unet_keeps_any_input_size(upsampling, size):
-    net = UNet(2, 5, depth=3, base_channels=4, upsampling=upsampling)
+def test_unet_keeps_any_input_size(upsample, size):
+    net = UNet(2, 5, depth=3, base_channels=4, upsample=upsample)
     assert net(torch.randn(2, 2, *size)).shape == (2, 5, *size)
 
 
@@ -96,7 +96,7 @@ def test_segmentation_loss_goes_down_on_tiny_scenes(mnist_root):
     torch.manual_seed(0)
     dm = MNISTScenesDataModule(data_dir=str(mnist_root), val_size=100, train_scenes=16, canvas_size=32, max_scale=1.0)
     dm.setup("fit")
-    batch = dm.on_after_batch_transfer((dm.splits["train"].images, dm.splits["train"].labels), 0)
+    batch = dm.on_after_batch_transfer(dm.samples("train"), 0)
     model = UNetModule(image_shape=dm.image_shape, num_classes=11, depth=2, base_channels=8)
     first, last = fit_steps(model, batch, 40)
     assert last < 0.3 * first
@@ -140,11 +140,11 @@ class Oracle(nn.Module):
 
 def test_validation_metrics_on_a_known_prediction(mnist_root, tmp_path):
     dm = MNISTScenesDataModule(data_dir=str(mnist_root), val_size=100, val_scenes=30, train_scenes=8, batch_size=8)
-    model = UNetModule(image_shape=dm.image_shape, depth=1, base_channels=2)
+    model = UNetModule(image_shape=dm.image_shape, class_names=dm.class_names, depth=1, base_channels=2)
     model.net = Oracle()
     trainer = Trainer(logger=False, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
     (metrics,) = trainer.validate(model, dm, verbose=False)
-    masks = dm.splits["val"].labels.long()
+    masks = dm.samples("val")[1].long()
     # every foreground pixel is predicted class 1: IoU(1) = its pixels / all foreground pixels,
     # every other digit class is present but never predicted, so its IoU is 0
     expected = (masks == 1).sum().item() / (masks > 0).sum().item()
@@ -174,4 +174,4 @@ def test_prediction_grid_leaves_the_model_as_it_found_it(mnist_root, tmp_path):
     stats = model.net.stem[1].running_mean.clone()
     grid.on_validation_epoch_end(trainer, model)  # as at the end of a validation epoch
     assert model.training and torch.equal(model.net.stem[1].running_mean, stats)
-    assert len(grid._batches["val"][0]) == 5
+    assert sum(len(inputs) for inputs, _ in grid._batches["val"]) == 5

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import only_run, tiny_cli_args
+from conftest import last_evaluation, only_run, summary_of, tiny_cli_args
 from PIL import Image
 
 from lightning_modules.unet import iou_and_dice
@@ -39,18 +39,19 @@ def test_segmentation_fit_test_predict_writes_metrics_figures_and_mask_pngs(run_
     assert (run / "figures" / "val_predictions" / "epoch000.png").is_file()
 
     run_cli("test", [*args, "--ckpt_path=best"])
-    metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    metrics = summary_of(last_evaluation(run, "test"))["metrics"]
     assert 0 <= metrics["test/miou"] <= 1 and 0 <= metrics["test/dice"] <= 1
 
     run_cli("predict", [*args, "--ckpt_path=best"])
-    saved = torch.load(run / "predict" / "predictions.pt")
+    predicted = last_evaluation(run, "predict")
+    saved = torch.load(predicted / "predictions.pt")
     assert saved["mask"].shape == (20, 32, 32) and saved["target"].shape == (20, 32, 32)
-    pngs = sorted((run / "predict" / "masks").glob("*.png"))
+    pngs = sorted((predicted / "masks").glob("*.png"))
     assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(20)]
     for i in (0, 19):
         image = Image.open(pngs[i])
         assert image.mode == "P" and np.array_equal(np.array(image), saved["mask"][i].numpy())
-    assert (run / "predict" / "figures" / "predict_predictions" / "predict.png").is_file()
+    assert (predicted / "figures" / "predict_predictions" / "predict.png").is_file()
     # the predicted masks agree with the test metrics of the same checkpoint
     confmat = torch.zeros(11, 11, dtype=torch.long)
     confmat.index_put_((saved["target"].long().flatten(), saved["mask"].long().flatten()), torch.tensor(1), True)
@@ -72,8 +73,8 @@ def test_mnist_denoising_config_logs_psnr_ssim_and_the_noisy_psnr(run_cli, mnist
     run_cli("fit", args)
     run_cli("test", [*args, "--ckpt_path=best"])
     run = only_run(tmp_path, "mnist_unet_denoise")
-    summary = json.loads((run / "summary.json").read_text())
-    metrics = summary["metrics"]
+    summary = summary_of(run)
+    metrics = {**summary["metrics"], **summary_of(last_evaluation(run, "test"))["metrics"]}
     assert summary["monitor"] == "val/psnr"
     # Gaussian noise of std 0.5 on [0, 1] pixels, clipped: about 7-9 dB
     assert 5 < metrics["test/psnr_noisy"] < 11
