@@ -2,6 +2,7 @@
 before a checkpoint of it can be written: every checkpoint a run keeps is finite, and resuming from the
 last one with a lower learning rate goes on from a state that can still train."""
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -55,16 +56,18 @@ class NonFiniteLossGuard(Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if not isinstance(loss, torch.Tensor):
             return
-        # one number, NaN or inf if any element is; float64 keeps step numbers exact (MPS has none)
-        value = loss.detach().to(torch.float32 if loss.device.type == "mps" else torch.float64).sum()
-        blocking = self.blocking if self.blocking is not None else value.device.type == "cpu"
+        blocking = self.blocking if self.blocking is not None else loss.device.type == "cpu"
         if blocking:
-            bad = not bool(torch.isfinite(value))
+            # On the CPU reading the value back costs nothing but the call: a Python float, no tensor op.
+            value = float(loss.detach().sum()) if loss.numel() > 1 else float(loss.detach())
+            bad = not math.isfinite(value)
             if trainer.world_size > 1:
                 bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
             if bad:
-                self._raise(trainer, (trainer.global_step, trainer.current_epoch, batch_idx, float(value)))
+                self._raise(trainer, (trainer.global_step, trainer.current_epoch, batch_idx, value))
             return
+        # one number, NaN or inf if any element is; float64 keeps step numbers exact (MPS has none)
+        value = loss.detach().to(torch.float32 if loss.device.type == "mps" else torch.float64).sum()
         self._note(trainer, value, batch_idx)
         self._poll(trainer)
 

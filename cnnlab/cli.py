@@ -257,11 +257,16 @@ class CnnlabCLI(CnnlabInternals):
             details=self._record_details(),
         )
         self.config_file = ConfigFile(write=not self.resuming_in_place)
-        callbacks = [NonFiniteLossGuard(), ScheduleLengthGuard(), PredictionWriter(), self.record, self.config_file]
-        if logger is not False and logger != []:
-            callbacks.append(LearningRateMonitor())
-        if self.subcommand == "fit" and self.agreement.training_changed:
-            callbacks.append(checkpoints.ResumeChanges(self.agreement.applied))
+        # Only what the subcommand uses: every callback costs each training step a call per hook.
+        callbacks: list[Callback] = [self.record, self.config_file]
+        if self.subcommand in ("fit", None):
+            callbacks += [NonFiniteLossGuard(), ScheduleLengthGuard()]
+            if logger is not False and logger != []:
+                callbacks.append(LearningRateMonitor())
+            if self.agreement.training_changed:
+                callbacks.append(checkpoints.ResumeChanges(self.agreement.applied))
+        if self.subcommand == "predict":
+            callbacks.append(PredictionWriter())
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         return super().instantiate_trainer(**kwargs)
 

@@ -127,14 +127,15 @@ class AutoEncoder(CnnlabModule):
         errors = self.reconstruction_error(self.decoder(z), images)
         loss = errors.mean()
         if stage == "train":
-            self.log("train/loss", loss, prog_bar=True)
+            self.log_step("train/loss", loss, prog_bar=True)
             return {"loss": loss}
         if stage == "val":
             self.latent_scores.update(z, errors)
-        mean_loss = getattr(self, f"{stage}_loss")
-        mean_loss(loss, weight=len(images))
-        self.log(f"{stage}/loss", mean_loss, prog_bar=True)
+        getattr(self, f"{stage}_loss").update(loss, weight=len(images))
         return {"loss": loss, "scores": self.latent_scores.scores(z.detach(), errors.detach())}
+
+    def epoch_metrics(self, stage: str) -> dict:
+        return {} if stage == "train" else {"loss": getattr(self, f"{stage}_loss")}
 
     @override
     def on_validation_epoch_start(self) -> None:

@@ -1,7 +1,8 @@
 """What every cnnlab LightningModule shares (cnnlab/protocol.py): evaluation steps that return their
 per-sample scores to callbacks (`EvalOutput`), so no callback runs a second forward pass; the scores
-of the last validation kept with the weights, the yardstick of thresholds at test; the optimizer and
-scheduler from the CLI."""
+of the last validation kept with the weights, the yardstick of thresholds at test; metrics handed to
+Lightning only when they are written (training values at the logging interval, epoch metrics once an
+epoch); the optimizer and scheduler from the CLI."""
 
 from collections.abc import Callable
 
@@ -9,6 +10,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torchmetrics import Metric
 from typing_extensions import override
 
 from cnnlab.gather import gather_ranks
@@ -54,6 +56,7 @@ class CnnlabModule(LightningModule):
     `save_hyperparameters()` and `keep_loadable_hparams(self)` in its own `__init__`."""
 
     primary_score = "loss"
+    prog_bar = ("loss", "acc", "miou", "psnr")  # epoch metrics shown in the progress bar
 
     def __init__(self, optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None) -> None:
         super().__init__()
@@ -63,6 +66,34 @@ class CnnlabModule(LightningModule):
 
     def _shared_step(self, batch: Batch, stage: str) -> EvalOutput:
         raise NotImplementedError
+
+    def epoch_metrics(self, stage: str) -> dict[str, Metric]:
+        """The torchmetrics objects a stage updates in its steps, by name: logged as `<stage>/<name>`
+        once at the end of the stage's epoch, then reset."""
+        return {}
+
+    # -- logging ---------------------------------------------------------------------------------
+
+    def log_step(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
+        """A training-step value, handed to Lightning only on the steps its loggers write (every
+        `log_every_n_steps`, and an epoch's last): each `self.log` call costs Lightning about a
+        millisecond of bookkeeping on the CPU (measured: benchmarks/trainer_overhead.py), as much as a
+        small model's whole step, and values logged in between were never written anyway."""
+        trainer = self._trainer
+        if trainer is not None and trainer.training:
+            every = max(1, int(trainer.log_every_n_steps or 1))
+            if (self.global_step + 1) % every and not trainer.is_last_batch:
+                return
+        self.log(name, value, prog_bar=prog_bar)
+
+    def log_epoch(self, stage: str) -> None:
+        for name, metric in self.epoch_metrics(stage).items():
+            if metric.update_called:
+                self.log(f"{stage}/{name}", metric.compute(), prog_bar=name in self.prog_bar)
+            # Outside inference mode: states reset inside it would be inference tensors, which a later
+            # update outside it (fit's validation after a `validate`) may not change in place.
+            with torch.inference_mode(False):
+                metric.reset()
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -89,6 +120,10 @@ class CnnlabModule(LightningModule):
         return self._shared_step(batch, "test")
 
     @override
+    def on_train_epoch_end(self) -> None:
+        self.log_epoch("train")
+
+    @override
     def on_validation_epoch_start(self) -> None:
         self.validation_reference.reset()
 
@@ -98,7 +133,12 @@ class CnnlabModule(LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
+        self.log_epoch("val")
         self.validation_reference.finish(self.final_reference)
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch("test")
 
     @override
     def configure_optimizers(self):

@@ -44,9 +44,14 @@ class ImageClassifier(CnnlabModule):
         self.save_hyperparameters()
         keep_loadable_hparams(self)
         self.net = build_backbone(backbone, image_shape, num_classes, width, dropout)
-        for stage in ("train", "val", "test"):
+        for stage in ("val", "test"):
             # validate_args off: its per-batch input checks cost ~2% of a small CNN's CPU step.
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro", validate_args=False))
+        # Training accuracy as two running counts on the device: a torchmetrics update costs ~0.1 ms a
+        # step on the CPU, as much as a small model's step (benchmarks/trainer_overhead.py).
+        # Plain attributes, not buffers: DDP would copy rank zero's buffers over the others' every step.
+        self._train_hits: torch.Tensor | None = None
+        self._train_seen = 0
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
 
@@ -62,24 +67,37 @@ class ImageClassifier(CnnlabModule):
     def feature_layer(self) -> nn.Conv2d | None:
         return self.net.input_layer()
 
+    def epoch_metrics(self, stage: str) -> dict:
+        return (
+            {} if stage == "train" else {"acc": getattr(self, f"{stage}_acc"), "loss": getattr(self, f"{stage}_loss")}
+        )
+
     def _shared_step(self, batch: Batch, stage: str) -> EvalOutput:
         images, labels = batch
         logits = self(images)
-        accuracy = getattr(self, f"{stage}_acc")
-        accuracy.update(logits, labels)  # update, not forward: only the epoch value is logged
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         if stage == "train":  # the per-step curve; epoch means are for val/test
+            hits = (logits.detach().argmax(1) == labels).sum()
+            self._train_hits = hits if self._train_hits is None else self._train_hits + hits
+            self._train_seen += len(labels)
             # float32 cross-entropy: logits may be fp16/bf16 under autocast.
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
-            self.log("train/loss", loss, prog_bar=True)
+            self.log_step("train/loss", loss, prog_bar=True)
             return {"loss": loss}
+        getattr(self, f"{stage}_acc").update(logits, labels)  # the epoch's accuracy, logged at its end
         per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
         loss = per_sample.mean()
         # MeanMetric weighs by samples, exact across ranks and a short last batch
-        mean_loss = getattr(self, f"{stage}_loss")
-        mean_loss(loss, weight=len(labels))
-        self.log(f"{stage}/loss", mean_loss, prog_bar=True)
+        getattr(self, f"{stage}_loss").update(loss, weight=len(labels))
         return {"loss": loss, "scores": {"loss": per_sample}}
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        if self._train_seen:
+            # the mean of the ranks' accuracies: exact, as every rank trains on as many images
+            accuracy = self._train_hits.float() / self._train_seen
+            self.log("train/acc", accuracy, prog_bar=True, sync_dist=self.trainer.world_size > 1)
+        self._train_hits, self._train_seen = None, 0
+        super().on_train_epoch_end()
 
     @override
     def on_train_start(self) -> None:
@@ -88,9 +106,10 @@ class ImageClassifier(CnnlabModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
+        if self.val_acc.update_called:
+            self.val_acc_best(self.val_acc.compute())
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
         super().on_validation_epoch_end()
-        self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
     @override
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:

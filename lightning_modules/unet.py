@@ -152,13 +152,14 @@ class UNetModule(CnnlabModule):
                 getattr(self, f"{stage}_psnr_noisy").update(inputs.float(), targets)
                 getattr(self, f"{stage}_ssim").update(denoised, targets.float())
         if stage == "train":
-            self.log("train/loss", loss, prog_bar=True)
+            self.log_step("train/loss", loss, prog_bar=True)
             return {"loss": loss}
         # MeanMetric weighs by samples, exact across ranks and a short last batch
-        mean_loss = getattr(self, f"{stage}_loss")
-        mean_loss(loss, weight=len(inputs))
-        self.log(f"{stage}/loss", mean_loss, prog_bar=True)
+        getattr(self, f"{stage}_loss").update(loss, weight=len(inputs))
         return {"loss": loss, "scores": {"loss": losses.detach()}}
+
+    def epoch_metrics(self, stage: str) -> dict:
+        return {} if stage == "train" else {"loss": getattr(self, f"{stage}_loss")}
 
     def _log_epoch_metrics(self, stage: str) -> torch.Tensor:
         """Compute, log and reset the stage's image metrics; return its headline figure."""
@@ -200,6 +201,7 @@ class UNetModule(CnnlabModule):
 
     @override
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         self._log_epoch_metrics("train")
 
     @override
@@ -211,6 +213,7 @@ class UNetModule(CnnlabModule):
 
     @override
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
         self._log_epoch_metrics("test")
 
     @override

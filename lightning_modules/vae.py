@@ -120,6 +120,13 @@ class VAE(AutoEncoder):
         z = reparameterize(mu, logvar)
         return self.reconstruction_error(self.decoder(z), images), kl_divergence(mu, logvar), mu
 
+    @override
+    def epoch_metrics(self, stage: str) -> dict:
+        if stage == "train":
+            return {}
+        metrics = {name: getattr(self, f"{stage}_{name}") for name in STAGE_METRICS}
+        return {**metrics, "iwae_nll": self.test_iwae_nll} if stage == "test" else metrics
+
     def kl_weight(self, step: int) -> float:
         """The KL weight at training step `step`: beta, ramped linearly from 0 over the first
         kl_warmup_steps steps; always beta outside training."""
@@ -162,19 +169,16 @@ class VAE(AutoEncoder):
         loss = (recon + self.kl_weight(self.global_step) * kl).mean()
         values = {"loss": loss, "recon": recon.mean(), "kl": kl.mean(), "neg_elbo": neg_elbo.mean()}
         if stage == "train":
-            self.log("train/loss", loss, prog_bar=True)
-            self.log_dict({f"train/{name}": values[name] for name in STAGE_METRICS[1:]})
+            for name in STAGE_METRICS:
+                self.log_step(f"train/{name}", values[name], prog_bar=name == "loss")
             if self.kl_warmup_steps:
-                self.log("train/kl_weight", self.kl_weight(self.global_step))
+                self.log_step("train/kl_weight", torch.tensor(self.kl_weight(self.global_step)))
             return {"loss": loss}
         if stage == "val":
             self.latent_scores.update(mu, neg_elbo)
         for name in STAGE_METRICS:
-            metric = getattr(self, f"{stage}_{name}")
-            metric(values[name], weight=len(images))
-            self.log(f"{stage}/{name}", metric, prog_bar=name == "loss")
+            getattr(self, f"{stage}_{name}").update(values[name], weight=len(images))
         if stage == "test" and self.iwae_samples:
-            self.test_iwae_nll(self.iwae_nll(images, self.iwae_samples))
-            self.log("test/iwae_nll", self.test_iwae_nll)
+            self.test_iwae_nll.update(self.iwae_nll(images, self.iwae_samples))
         scores = self.latent_scores.scores(mu.detach(), neg_elbo.detach())
         return {"loss": loss, "scores": {**scores, "latent_kl": kl.detach()}}

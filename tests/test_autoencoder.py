@@ -238,7 +238,8 @@ def test_the_loss_goes_down_on_tiny_data(cls, tmp_path):
     model.eval()
     with torch.no_grad():
         after = model.per_sample_loss(batch).mean()
-    assert after < 0.8 * before
+    # measured (40 steps, seeds 0-4, 1 and 2 threads): after / before 0.65-0.79 (AE), 0.37-0.67 (VAE)
+    assert after < 0.9 * before
 
 
 @pytest.mark.parametrize("cls", [AutoEncoder, VAE])
