@@ -37,6 +37,7 @@ class FigureCallback(Callback):
             raise CnnlabError(f"{type(self).__name__} every_n_epochs must be at least 1, got {every_n_epochs}.")
         self.every_n_epochs = every_n_epochs
         self.drawing = True
+        self._later: list = []
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -113,11 +114,31 @@ class FigureCallback(Callback):
         names = cls.class_names(trainer)
         return names[label] if 0 <= label < len(names) else str(label)
 
+    def later(self, job) -> None:
+        """Make a picture at the end of the first training epoch instead of now. What it shows is
+        computed now (the job closes over tensors: the untrained filters, the codes before training);
+        only the drawing (matplotlib, seconds) waits, so it does not stand between the command and its
+        first training step."""
+        self._later.append(job)
+
+    def draw_later(self) -> None:
+        jobs, self._later = self._later, []
+        for job in jobs:
+            job()
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.draw_later()
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.draw_later()  # a run stopped before its first epoch ended
+
     # -- where -----------------------------------------------------------------------------------
 
     @staticmethod
-    def draw_figure(trainer: Trainer, key: str, figure: Any, tag: str | None = None) -> None:
-        media.log_figure(trainer, key, figure, tag)
+    def draw_figure(trainer: Trainer, key: str, figure: Any, tag: str | None = None, step: int | None = None) -> None:
+        media.log_figure(trainer, key, figure, tag, step)
 
     @staticmethod
     def draw_image(trainer: Trainer, key: str, image: torch.Tensor, tag: str | None = None) -> None:

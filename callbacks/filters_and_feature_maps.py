@@ -7,6 +7,8 @@ input and output are caught by a forward hook while the model computes `per_samp
 images, so the callback needs no knowledge of the model beyond the protocol.
 """
 
+import copy
+
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
@@ -90,13 +92,19 @@ class FilterAndFeatureMaps(FigureCallback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Drawn at the end of the first epoch (FigureCallback.later): the intro needs no model, and
+        # the untrained filters are caught now, before the first step changes them.
         if self.draws(trainer):
-            self.intro(trainer, "val")
+            self.later(lambda: self.intro(trainer, "val"))
             if self.fresh_start(trainer):
-                self.learned(trainer, pl_module, "val", tag="before-training", title="before training")
+                result = self.feature_maps(trainer, pl_module, "val")
+                self.later(
+                    lambda: self.draw_learned(trainer, pl_module, result, "before-training", "before training", 0)
+                )
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
         if self.due(trainer) and self.draws(trainer):
             self.learned(trainer, pl_module, "val", tag=None, title=f"after epoch {trainer.current_epoch + 1}")
 
@@ -155,10 +163,15 @@ class FilterAndFeatureMaps(FigureCallback):
             handle.remove()
         if "output" not in caught:
             return None
-        return name, conv, caught["input"], caught["output"], self.display(trainer, x)
+        # a copy of the layer as it is now: the figure may be drawn after training has changed it
+        return name, copy.deepcopy(conv).cpu(), caught["input"], caught["output"], self.display(trainer, x)
 
     def learned(self, trainer: Trainer, pl_module: LightningModule, split: str, tag: str | None, title: str) -> None:
-        result = self.feature_maps(trainer, pl_module, split)
+        self.draw_learned(trainer, pl_module, self.feature_maps(trainer, pl_module, split), tag, title)
+
+    def draw_learned(
+        self, trainer: Trainer, pl_module: LightningModule, result, tag: str | None, title: str, step: int | None = None
+    ) -> None:
         if result is None:
             if not self._said_no_conv:
                 self._said_no_conv = True
@@ -170,7 +183,7 @@ class FilterAndFeatureMaps(FigureCallback):
             return
         name, conv, conv_input, conv_output, shown = result
         figure = first_conv_figure(shown, conv_input, conv_output, conv, name, self.max_filters, title)
-        self.draw_figure(trainer, "filters/first_conv", figure, tag=tag)
+        self.draw_figure(trainer, "filters/first_conv", figure, tag=tag, step=step)
 
 
 # -- figures -------------------------------------------------------------------------------------

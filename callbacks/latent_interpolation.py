@@ -103,6 +103,7 @@ class LatentInterpolationGIF(FigureCallback):
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
         if self.due(trainer) and self.draws(trainer):
             self.draw(trainer, pl_module, "val")
 

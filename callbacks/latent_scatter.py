@@ -56,11 +56,14 @@ class LatentSpaceScatter(FigureCallback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The codes before training are taken now; the picture is drawn at the end of the first epoch.
         if self.fresh_start(trainer) and self.draws(trainer):
-            self.draw(trainer, pl_module, "val", tag="before-training", title="before training")
+            codes = self.codes(trainer, pl_module, "val")
+            self.later(lambda: self.draw(trainer, pl_module, "val", "before-training", "before training", codes, 0))
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
         if self.due(trainer) and self.draws(trainer):
             self.draw(trainer, pl_module, "val", tag=None, title=f"after epoch {trainer.current_epoch + 1}")
 
@@ -80,8 +83,17 @@ class LatentSpaceScatter(FigureCallback):
                 codes.append(pl_module.encode(x).float().flatten(1).cpu())
         return torch.cat(codes), labels[index]
 
-    def draw(self, trainer: Trainer, pl_module: LightningModule, split: str, tag: str | None, title: str) -> None:
-        codes, labels = self.codes(trainer, pl_module, split)
+    def draw(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        split: str,
+        tag: str | None,
+        title: str,
+        codes: tuple[torch.Tensor, torch.Tensor] | None = None,
+        step: int | None = None,
+    ) -> None:
+        codes, labels = codes if codes is not None else self.codes(trainer, pl_module, split)
         dim = codes.shape[1]
         if dim <= 2:
             points = torch.cat([codes, torch.zeros(len(codes), 2 - dim)], dim=1)
@@ -96,7 +108,7 @@ class LatentSpaceScatter(FigureCallback):
             axes = ("t-SNE 1", "t-SNE 2")
             how = f"t-SNE of {dim}-D codes, perplexity {self.perplexity:g}"
         figure = scatter_figure(points, labels, self.class_names(trainer), axes, f"{split}: {how}, {title}")
-        self.draw_figure(trainer, "latent/scatter", figure, tag=tag)
+        self.draw_figure(trainer, "latent/scatter", figure, tag=tag, step=step)
 
 
 def scatter_figure(points: torch.Tensor, labels: torch.Tensor, class_names: list[str], axes, title: str):

@@ -49,16 +49,18 @@ def file_for(trainer: Trainer, key: str, suffix: str, tag: str | None = None) ->
     return folder / f"{tag or f'epoch{trainer.current_epoch:03d}'}{suffix}"
 
 
-def log_figure(trainer: Trainer, key: str, figure: Any, tag: str | None = None) -> Path:
-    """A matplotlib figure: PNG file, W&B image, TensorBoard figure. Closes the figure."""
+def log_figure(trainer: Trainer, key: str, figure: Any, tag: str | None = None, step: int | None = None) -> Path:
+    """A matplotlib figure: PNG file, W&B image, TensorBoard figure. Closes the figure. `step`: the
+    training step it shows (default: now), for a figure drawn after the moment it shows."""
     plt = pyplot()
+    step = trainer.global_step if step is None else step
     path = file_for(trainer, key, ".png", tag)
     figure.savefig(path, dpi=110, bbox_inches="tight")
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key, [str(path)], step=trainer.global_step)
+            logger.log_image(key, [str(path)], step=step)
         elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(key, figure, global_step=trainer.global_step, close=False)
+            logger.experiment.add_figure(key, figure, global_step=step, close=False)
     plt.close(figure)
     return path
 

@@ -16,7 +16,7 @@ from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from callbacks.nonfinite_loss import NonFiniteLossGuard
@@ -87,6 +87,14 @@ class CnnlabCLI(CnnlabInternals):
         kwargs.setdefault("trainer_defaults", {"logger": {"class_path": WANDB_LOGGER}, "default_root_dir": RUNS_ROOT})
         kwargs.setdefault("parser_kwargs", {"parser_mode": "yaml"})
         super().__init__(args=args, run=run, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:
+        """Only the subcommand this command runs gets a parser: each one costs jsonargparse a pass over
+        every class signature (about a second of start-up for the four). `train.py --help`, or a
+        mistyped subcommand, sees them all."""
+        every = LightningCLI.subcommands()
+        chosen = self.argv[0] if self.argv else None
+        return {chosen: every[chosen]} if chosen in every else every
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

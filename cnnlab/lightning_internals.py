@@ -43,12 +43,13 @@ class WarmParsers(LightningCLI):
 
     @override
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
-        if add_subcommands not in _PARSERS:
+        key = (add_subcommands, tuple(self.subcommands()))  # CnnlabCLI builds the one subcommand it runs
+        if key not in _PARSERS:
             super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
-            _PARSERS[add_subcommands] = (
+            _PARSERS[key] = (
                 self.parser,
                 getattr(self, "_subcommand_parsers", None),
                 getattr(self, "_subcommand_method_arguments", None),
             )
             return
-        self.parser, self._subcommand_parsers, self._subcommand_method_arguments = _PARSERS[add_subcommands]
+        self.parser, self._subcommand_parsers, self._subcommand_method_arguments = _PARSERS[key]

@@ -202,8 +202,8 @@ class RunRecord(Callback):
                     "id": logger.version,
                     "project": logger.name,
                     "dir": logger.save_dir,
-                    "mode": "offline" if offline else "online",
-                    "started": getattr(logger, "_experiment", None) is not None,
+                    "mode": None if offline is None else "offline" if offline else "online",  # None: not started
+                    "started": bool(getattr(logger, "started", getattr(logger, "_experiment", None) is not None)),
                 }
         return None
 
@@ -263,6 +263,7 @@ class RunRecord(Callback):
             summary |= {
                 "status": "finished",
                 "finished": now(),
+                "wandb": self._wandb(trainer),
                 "epochs": trainer.current_epoch,
                 "global_step": trainer.global_step,
                 "metrics": {**summary.get("metrics", {}), **metrics},

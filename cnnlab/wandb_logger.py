@@ -3,16 +3,19 @@ sync) when it has none, and failing in plain words when W&B cannot start a run.
 
 Online or offline is decided by wandb's own credential lookup (`wandb.login(prompt=False)`: the
 WANDB_API_KEY variable, wandb's settings files, .netrc for the host wandb is set to use), never by a
-guess of our own. The run starts when something is first logged, so a command that logs nothing
-(a `predict` that draws no figure) opens no empty run.
+guess of our own. The run starts off the training's critical path: importing wandb, the credential
+lookup and `wandb.init` (seconds, the first time in a process) run in a background thread from the
+moment Lightning first asks for the run, and whatever needs the run waits for it there; a run that
+cannot start stops the command at that point, before any checkpoint is written.
 """
 
 import os
 import secrets
+import threading
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from cnnlab.errors import CnnlabError
 
@@ -42,8 +45,23 @@ def decide_offline(offline: bool | None) -> bool:
     return not wandb_has_credentials()
 
 
+class _StartingRun:
+    """What `WandbLogger.experiment` returns while wandb.init runs in the background: any use of it
+    waits for the real run (Lightning only asks for the run at set-up, to have it ready)."""
+
+    def __init__(self, logger: "WandbLogger") -> None:
+        object.__setattr__(self, "_logger", logger)
+
+    def __getattr__(self, name: str):
+        return getattr(self._logger.wait(), name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._logger.wait(), name, value)
+
+
 class WandbLogger(LightningWandbLogger):
-    """Lightning's WandbLogger, offline by itself where wandb finds no credentials.
+    """Lightning's WandbLogger, offline by itself where wandb finds no credentials, started in the
+    background.
 
     Args:
         offline: None decides as wandb does: WANDB_MODE if set, else online exactly when wandb has
@@ -66,73 +84,100 @@ class WandbLogger(LightningWandbLogger):
         tags: list[str] | None = None,
         **kwargs,
     ) -> None:
-        offline = decide_offline(offline)
-        if offline and os.environ.get("WANDB_MODE", "") not in ("offline", "dryrun", "disabled"):
-            rank_zero_info(
-                f"cnnlab: wandb has no credentials (WANDB_API_KEY or `wandb login`): logging offline into "
-                f"{save_dir}/wandb/. Upload later with `wandb sync {save_dir}/wandb/offline-run-*`."
-            )
         # From YAML every wandb.init argument arrives, unset ones as None: leave those to Lightning and wandb.
         kwargs = {key: value for key, value in kwargs.items() if value is not None}
         for key, value in (("group", group), ("job_type", job_type), ("tags", tags)):
             if value is not None:
                 kwargs[key] = value
-        # Said to wandb.init explicitly: wandb reads WANDB_MODE (which Lightning sets for offline runs)
-        # only when its settings are first made, and the credential lookup above made them already.
-        kwargs["mode"] = "offline" if offline else "online"
         super().__init__(
             name=name,
             save_dir=save_dir,
             version=version or secrets.token_hex(4),
-            offline=offline,
+            offline=bool(offline),
             project=project,
             log_model=log_model,
             prefix=prefix,
             **kwargs,
         )
-        self.offline = offline
+        self._asked_offline = offline
+        self.offline: bool | None = None  # decided with wandb's credential lookup, when the run starts
         # Lightning would set WANDB_MODE for an offline run just before wandb.init, after the credential
-        # lookup above started wandb's session, and wandb would warn on every run that the change is
-        # ignored: the mode goes to wandb.init instead (kwargs["mode"]), and Lightning's flag is cleared.
+        # lookup started wandb's session, and wandb would warn on every run that the change is ignored:
+        # the mode goes to wandb.init instead (`_start`), and Lightning's flag is cleared.
         self._offline = False
         # Lightning passes anonymous=None to wandb.init, which warns on every run that the setting is gone.
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
         self._pending_hparams: dict | None = None
         self._pending_config: tuple[str, dict] | None = None
+        self._lock = threading.RLock()
+        self._starter: threading.Thread | None = None
+        self._start_error: BaseException | None = None
 
     @property
     def started(self) -> bool:
-        return getattr(self, "_experiment", None) is not None
+        """Whether a W&B run exists (or is being started)."""
+        return self._starter is not None or getattr(self, "_experiment", None) is not None
 
     @property
     def experiment(self):
-        fresh = not self.started
+        if rank_zero_only.rank != 0:  # Lightning gives other ranks a stand-in that does nothing
+            return super().experiment
+        with self._lock:
+            if self._starter is None and getattr(self, "_experiment", None) is None:
+                self._starter = threading.Thread(target=self._start, name="wandb-start", daemon=True)
+                self._starter.start()
+        if self._starter is not None and self._starter.is_alive():
+            return _StartingRun(self)
+        return self.wait()
+
+    def _start(self) -> None:
+        """In the background: decide online or offline as wandb does, start the run, attach what was
+        logged before it existed."""
         try:
-            run = super().experiment
-        except Exception as err:  # wandb raises its own assorted types: network, auth, usage
+            offline = decide_offline(self._asked_offline)
+            if offline and os.environ.get("WANDB_MODE", "") not in ("offline", "dryrun", "disabled"):
+                rank_zero_info(
+                    f"cnnlab: wandb has no credentials (WANDB_API_KEY or `wandb login`): logging offline into "
+                    f"{self.save_dir}/wandb/. Upload later with `wandb sync {self.save_dir}/wandb/offline-run-*`."
+                )
+            self.offline = offline
+            self._wandb_init["mode"] = "offline" if offline else "online"
+            run = LightningWandbLogger.experiment.fget(self)
+            with self._lock:
+                self._attach_pending(run)
+        except BaseException as err:  # wandb raises its own assorted types: network, auth, usage
+            self._start_error = err
+
+    def wait(self):
+        """The W&B run, once started; one paragraph if it could not start."""
+        starter = self._starter
+        if starter is not None and starter is not threading.current_thread():
+            starter.join()
+        if self._start_error is not None:
+            err = self._start_error
             raise CnnlabError(
                 f"W&B could not start a run: {err}. Check the entity/project and your network, or log "
                 "offline with WANDB_MODE=offline (sync later with `wandb sync`), or choose another logger: "
                 "--config configs/logger/csv.yaml."
             ) from err
-        if fresh and self.started:
-            self._attach_pending(run)
-        return run
+        return self._experiment
 
     def log_hyperparams(self, params) -> None:
-        # Held until the run starts (at the first thing logged), so a command that logs nothing opens no run.
-        if self.started:
-            super().log_hyperparams(params)
-        else:
-            self._pending_hparams = params
+        # Held until the run exists; attached by the thread that starts it.
+        with self._lock:
+            if getattr(self, "_experiment", None) is not None:
+                super().log_hyperparams(params)
+            else:
+                self._pending_hparams = params
 
     def attach_config(self, config_yaml: str, values: dict) -> None:
         """The resolved config as the run's config and as a file named CONFIG_FILE among its files,
         when the run starts."""
-        self._pending_config = (config_yaml, values)
-        if self.started:
-            self._attach_pending(self.experiment)
+        with self._lock:
+            self._pending_config = (config_yaml, values)
+            if getattr(self, "_experiment", None) is not None:
+                self._attach_pending(self._experiment)
 
     def _attach_pending(self, run) -> None:
         if self._pending_hparams is not None:
@@ -149,4 +194,9 @@ class WandbLogger(LightningWandbLogger):
         """Close this run now, not at interpreter exit: the next run in the same process (a seed
         worker, a test) would otherwise log into it."""
         if self.started:
-            self.experiment.finish(exit_code=1 if failed else 0)
+            try:
+                run = self.wait()
+            except CnnlabError:
+                return
+            if run is not None:
+                run.finish(exit_code=1 if failed else 0)
