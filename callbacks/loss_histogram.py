@@ -152,8 +152,13 @@ class LossHistogram(FigureCallback):
 
     def _start(self, trainer: Trainer, stage: str, loaders) -> None:
         self._batches = []
+        # With figures off (a sweep's later seeds) only an anomaly report has anything to compute.
+        useful = self.drawing or trainer.datamodule.normal_classes is not None
         self._active = (
-            stage in self.stages and not trainer.sanity_checking and (not self.fitting(trainer) or self.due(trainer))
+            useful
+            and stage in self.stages
+            and not trainer.sanity_checking
+            and (not self.fitting(trainer) or self.due(trainer))
         )
         if self._active:
             loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
