@@ -2,6 +2,8 @@
 fit and test, next to the training epoch they ride on. Optionally copies the figures into docs/.
 
 Part 1: configs/mnist_classifier.yaml as it ships (FilterAndFeatureMaps, LossHistogram), fit + test.
+LossHistogram runs no model of its own: it keeps the per-sample scores the validation and test steps
+return and draws at the epoch's end, so its hooks' times are that bookkeeping and the drawing.
 Part 2: configs/mnist_ae.yaml (the AutoEncoder with LatentSpaceScatter and LatentInterpolationGIF,
 here every epoch), fit + test; plus one t-SNE scatter of the same codes.
 
@@ -26,6 +28,7 @@ from cnnlab.cli import CnnlabCLI
 HOOKS = (
     "on_train_start",
     "on_train_epoch_end",
+    "on_validation_start",
     "on_validation_epoch_start",
     "on_validation_batch_end",
     "on_validation_epoch_end",
@@ -34,6 +37,7 @@ HOOKS = (
     "on_test_batch_end",
     "on_test_epoch_end",
     "on_test_end",
+    "on_fit_end",
 )
 FIGURE_CALLBACKS = (FilterAndFeatureMaps, LatentInterpolationGIF, LatentSpaceScatter, LossHistogram)
 

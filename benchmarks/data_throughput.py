@@ -42,7 +42,7 @@ def main() -> None:
     rows.append(("cnnlab DataModule, uint8 batches (loader only)", rate, n))
     rate, n = images_per_second(dm.train_dataloader(), lambda x: dm.transform(x, train=True))
     rows.append(("cnnlab DataModule + float/augment/normalise (CPU)", rate, n))
-    rate, n = images_per_second(dm.train_dataloader(), lambda x: dm.transform(x, train=False))
+    rate, n = images_per_second(dm.train_dataloader(), dm.model_input)
     rows.append(("cnnlab DataModule + float/normalise, no augmentation", rate, n))
     standard = MNIST(root, train=True, download=False, transform=ToTensor())
     for workers in (0, 2):

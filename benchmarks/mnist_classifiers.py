@@ -15,6 +15,7 @@ from pathlib import Path
 from _shared_data import machine, real_mnist_root
 
 from cnnlab.cli import CnnlabCLI
+from cnnlab.records import read_summary
 
 RUNS = {
     "cnn": ["--config=configs/mnist_classifier.yaml"],
@@ -36,13 +37,14 @@ def run(name: str, root: str, epochs: int, out: Path) -> dict:
     start = time.perf_counter()
     fit = CnnlabCLI(args=["fit", *args])
     fit_seconds = time.perf_counter() - start
-    CnnlabCLI(args=["test", *args, f"--ckpt_path={fit.trainer.checkpoint_callback.best_model_path}"])
-    summary = json.loads((fit.run_dir / "summary.json").read_text())
+    test = CnnlabCLI(args=["test", *args, f"--ckpt_path={fit.trainer.checkpoint_callback.best_model_path}"])
+    summary = read_summary(fit.run_dir)  # the fit's record: best validation score
+    evaluation = read_summary(test.output_dir)  # the test's own record: <run>/evaluations/<time>-test/
     return {
         "name": name,
         "epochs": epochs,
-        "test_acc": summary["metrics"]["test/acc"],
-        "test_loss": summary["metrics"]["test/loss"],
+        "test_acc": evaluation["metrics"]["test/acc"],
+        "test_loss": evaluation["metrics"]["test/loss"],
         "best_val_acc": summary["best_score"],
         "fit_minutes": fit_seconds / 60,
         "run_dir": str(fit.run_dir),

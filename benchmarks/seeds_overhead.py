@@ -3,7 +3,11 @@ per-seed overhead once it is warm, against the same seed as two fresh `train.py`
 then test of the best checkpoint). A near-empty seed on the real MNIST split (64 training digits,
 one step; 64 validation and test digits) makes nearly all of its time overhead.
 
-    python benchmarks/seeds_overhead.py [--seeds 8] [--standalone 2] [--logger csv|wandb]
+Each seed gets what the launcher sends it (`Sweep.args`, `Sweep.env`: W&B labels, figures on or off);
+with the default `--figures first` only the warm-up seed draws figures, as in `cnnlab-seeds run`, and
+the fresh processes get the environment of a later seed (no figures), so both sides do the same work.
+
+    python benchmarks/seeds_overhead.py [--seeds 8] [--standalone 2] [--logger csv|wandb] [--figures first]
 """
 
 import argparse
@@ -19,7 +23,8 @@ from pathlib import Path
 from _shared_data import machine
 from seeds_distributions import unpacked_mnist
 
-from cnnlab.seeds.launcher import Sweep, Worker
+from cnnlab.seeds.pool import Worker, available_cpus
+from cnnlab.seeds.sweep import Sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 NEAR_EMPTY = [
@@ -48,6 +53,12 @@ def main() -> None:
     parser.add_argument("--standalone", type=int, default=2, help="seeds run as fresh train.py processes")
     parser.add_argument("--logger", choices=("csv", "wandb"), default="csv")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--figures",
+        choices=("first", "all", "none"),
+        default="first",
+        help="which seeds' figure callbacks draw, as cnnlab-seeds run --figures (default: the warm-up seed only)",
+    )
     args = parser.parse_args()
     os.chdir(ROOT)
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -63,13 +74,21 @@ def main() -> None:
         overrides=overrides,
         root=work / "runs",
         threads=args.threads,
+        figures=args.figures,
     )
+    threads = sweep.threads or max(1, available_cpus() // sweep.jobs)  # what the launcher gives a worker
 
-    worker = Worker(0, sweep, None, work / "worker.log")
+    worker = Worker(0, threads, None, work / "worker.log")
     ready = wait_for(worker, "ready")
     results = []
     for seed in range(args.seeds + 1):
-        task = {"seed": seed, "args": sweep.args(seed, wandb=args.logger == "wandb"), "log": str(work / f"{seed}.log")}
+        task = {
+            "seed": seed,
+            "attempt": 1,
+            "args": sweep.args(seed),
+            "env": sweep.env(seed),
+            "log": str(work / f"{seed}.log"),
+        }
         worker.send(task)
         result = wait_for(worker, "result")
         if result["status"] != "finished":
@@ -83,8 +102,10 @@ def main() -> None:
 
     standalone = []
     common = ["configs/mnist_classifier.yaml", *overrides, f"--trainer.default_root_dir={work / 'standalone'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(sweep.worker_threads)}
     for seed in range(100, 100 + args.standalone):
+        # the environment the launcher gives a seed (seed 100+ is not the sweep's first: no figures
+        # unless --figures all)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), **sweep.env(seed)}
         start = time.time()
         fit = [sys.executable, "train.py", "fit", "--config", *common, f"--seed_everything={seed}"]
         subprocess.run(fit, env=env, check=True, capture_output=True)
@@ -94,7 +115,7 @@ def main() -> None:
         subprocess.run([*test, f"--ckpt_path={best}"], env=env, check=True, capture_output=True)
         standalone.append(time.time() - start)
 
-    print(f"machine: {machine()}; logger: {args.logger}; torch threads per worker: {sweep.worker_threads}")
+    print(f"machine: {machine()}; logger: {args.logger}; torch threads per worker: {threads}")
     print("| what | median s | runs |\n| --- | ---: | --- |")
     rows = [
         ("worker start-up (spawn to ready: imports), once per worker", [ready["startup_seconds"]]),

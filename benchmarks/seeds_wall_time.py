@@ -1,8 +1,9 @@
 """Wall time of a seed sweep of the MNIST classifier with --jobs 1 (one worker, all cores' threads)
 against --jobs 2 (two workers, the cores shared out), at the budget of seeds_distributions.py on the
-real MNIST split. Each setting runs in a fresh folder, so nothing is resumed.
+real MNIST split. Each setting runs in a fresh folder, so nothing is resumed. Figures are drawn as
+`cnnlab-seeds run --figures` says (default: the first seed's only; `--figures all` for every seed).
 
-    python benchmarks/seeds_wall_time.py [--seeds 0-99] [--jobs 1 2]
+    python benchmarks/seeds_wall_time.py [--seeds 0-99] [--jobs 1 2] [--figures first]
 """
 
 import argparse
@@ -17,13 +18,14 @@ from pathlib import Path
 from _shared_data import machine
 from seeds_distributions import BUDGET, ROOT, unpacked_mnist
 
-from cnnlab.seeds.launcher import parse_seeds
+from cnnlab.seeds.sweep import parse_seeds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="0-99")
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--figures", choices=("first", "all", "none"), default="first", help="as cnnlab-seeds run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cnnlab-seeds-wall-"))
     data = unpacked_mnist(work / "data")
@@ -33,6 +35,7 @@ def main() -> None:
         start = time.time()
         command = [sys.executable, "-m", "cnnlab.seeds", "run", "--config=configs/mnist_classifier.yaml", *BUDGET]
         command += [f"--data.data_dir={data}", f"--seeds={args.seeds}", f"--jobs={jobs}", f"--name=jobs{jobs}"]
+        command += [f"--figures={args.figures}"]
         subprocess.run([*command, f"--root={work / 'runs'}"], cwd=ROOT, check=True)
         wall = time.time() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

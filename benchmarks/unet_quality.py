@@ -24,6 +24,7 @@ import torch
 from _shared_data import machine, real_mnist_root
 
 from cnnlab.cli import main
+from cnnlab.records import read_summary
 from networks.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,9 +83,13 @@ def main_benchmark() -> None:
     run("fit", args)
     fit_cpu, fit_wall = time.process_time() - cpu, time.time() - wall
     run("test", [*args, "--ckpt_path=best"])
-    (summary_file,) = (out / config).glob("*/summary.json")
+    (summary_file,) = (out / config).glob("*/summary.json")  # the one training run (fit metrics)
     summary = json.loads(summary_file.read_text())
-    metrics = summary["metrics"]
+    # the test of the best checkpoint has its own record, <run>/evaluations/<time>-test/summary.json
+    tests = [e for e in summary.get("evaluations") or [] if e.get("subcommand") == "test"]
+    if not tests or tests[-1].get("status") != "finished":
+        sys.exit(f"the test left no finished evaluation record in {summary_file}")
+    metrics = read_summary(tests[-1]["dir"])["metrics"]
     epochs = summary["epochs"]
 
     print(f"\n# UNet {opts.task} on real MNIST — {datetime.now():%Y-%m-%d %H:%M}, {machine()}")
@@ -101,7 +106,7 @@ def main_benchmark() -> None:
     )
     params = sum(p.numel() for p in net.parameters())
     print(
-        f"model: depth {init['depth']}, base_channels {init['base_channels']}, {init['upsampling']} "
+        f"model: depth {init['depth']}, base_channels {init['base_channels']}, {init['upsample']} "
         f"({params:,} parameters); {epochs} epochs; best checkpoint by {summary['monitor']}"
     )
     print(
@@ -116,8 +121,9 @@ def main_benchmark() -> None:
         )
         print(f"test foreground mean IoU {metrics['test/miou']:.4f}, mean Dice {metrics['test/dice']:.4f}")
         print("per class  IoU     Dice")
-        for digit in range(10):
-            print(f"digit {digit}    {metrics[f'test/iou_{digit}']:.4f}  {metrics[f'test/dice_{digit}']:.4f}")
+        for digit in range(10):  # nan: the digit is in no test scene (only with very few scenes)
+            iou, dice = (metrics.get(f"test/{name}_{digit}", float("nan")) for name in ("iou", "dice"))
+            print(f"digit {digit}    {iou:.4f}  {dice:.4f}")
     else:
         print(
             f"noise: {data['noise']} {data['noise_level']}; training digits: {data.get('max_train_samples') or 'all'}"

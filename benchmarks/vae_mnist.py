@@ -20,6 +20,7 @@ import torch
 from _shared_data import machine, real_mnist_root
 
 from cnnlab.cli import main
+from cnnlab.records import read_summary
 from datamodules import MNISTDataModule
 from lightning_modules import VAE
 
@@ -29,6 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def cli(subcommand: str, args: list[str]) -> None:
     sys.argv = ["train.py"]
     main([subcommand, *args])
+
+
+def latest_test(run: Path) -> dict:
+    """The record of the run's latest test (the one just made), from its own evaluation directory."""
+    tests = [e for e in read_summary(run).get("evaluations") or [] if e.get("subcommand") == "test"]
+    if not tests or tests[-1].get("status") != "finished":
+        sys.exit(f"the test left no finished evaluation record in {run / 'summary.json'}")
+    return read_summary(tests[-1]["dir"])
 
 
 def iwae_on(model: VAE, images: torch.Tensor, k: int, batch: int) -> torch.Tensor:
@@ -83,15 +92,16 @@ def main_(argv=None) -> None:
     started = time.process_time()
     cli("test", [*common, f"--ckpt_path={best}"])
     test_cpu = time.process_time() - started
-    metrics = json.loads((run / "summary.json").read_text())["metrics"]
-    k_test = json.loads((run / "summary.json").read_text())["config"]["model"]["init_args"]["iwae_samples"]
+    evaluation = latest_test(run)  # the test's own record: <run>/evaluations/<time>-test/summary.json
+    metrics = evaluation["metrics"]
+    k_test = evaluation["config"]["model"]["init_args"]["iwae_samples"]  # as the test ran (an override counts)
 
     # The large-K bound on a random subset of the same test images (binarised from data_seed as in test).
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = VAE.load_from_checkpoint(best, map_location=device).eval()
     data = MNISTDataModule(data_dir=data_root, download=False, normalize=False, binarize=args.binarize)
     data.setup("test")
-    test_images = data.transform(data.splits["test"].images, train=False)
+    test_images = data.model_input(data.samples("test")[0])
     subset = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(0))[: args.big_k_images]
     images = test_images[subset].to(device)
     torch.manual_seed(0)
