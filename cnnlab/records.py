@@ -33,6 +33,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
 from cnnlab.errors import CnnlabError
+from cnnlab.run_dir import new_evaluation_dir
 
 SUMMARY = "summary.json"
 CHECKPOINT_KEY = "cnnlab"  # our entry in a Lightning checkpoint
@@ -182,6 +183,17 @@ class RunRecord(Callback):
     def _dir(self, trainer: Trainer) -> Path:
         return self.directory or Path(trainer.log_dir or trainer.default_root_dir)
 
+    def _evaluation_dirs(self, trainer: Trainer) -> tuple[Path, Path | None]:
+        """Where an evaluation's record goes, and the run it belongs to. A plain Trainer that tests
+        after fitting logs into the run's own folder: its record goes to `evaluations/<time>-<stage>/`
+        there, so the finished training record is never rewritten."""
+        directory = self._dir(trainer)
+        if self.directory is None and read_summary(directory).get("kind") == "training":
+            evaluation = new_evaluation_dir(directory, self._stage or "evaluation")
+            evaluation.mkdir(parents=True)
+            return evaluation, directory
+        return directory, self.run_dir
+
     def _seed(self) -> int | None:
         if self.seed is not None:
             return self.seed
@@ -299,7 +311,7 @@ class RunRecord(Callback):
             return
         datamodule = trainer.datamodule
         split = {"validate": "val", "test": "test", "predict": getattr(datamodule, "predict_split", "test")}[stage]
-        directory = self._dir(trainer)
+        directory, run_dir = self._evaluation_dirs(trainer)
         checkpoint = {"path": self.checkpoint}
         if self.checkpoint and Path(self.checkpoint).is_file():
             checkpoint["sha256"] = file_sha256(self.checkpoint)
@@ -308,7 +320,7 @@ class RunRecord(Callback):
             "subcommand": stage,
             "status": "finished",
             "dir": str(directory),
-            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "run_dir": str(run_dir) if run_dir else None,
             "checkpoint": checkpoint,
             "data": data_identity(datamodule, split),
             "metrics": self._metrics(trainer, stage),
@@ -320,12 +332,12 @@ class RunRecord(Callback):
             **self.details,
         }
         update_summary(directory, lambda summary: summary.update(record))
-        if self.run_dir is not None and self.run_dir.resolve() != directory.resolve():
+        if run_dir is not None and run_dir.resolve() != directory.resolve():
             entry = {
                 k: record[k] for k in ("subcommand", "status", "dir", "checkpoint", "metrics", "finished", "seconds")
             }
             entry["data"] = {k: record["data"].get(k) for k in ("split", "size", "fingerprint", "data_dir")}
-            update_summary(self.run_dir, lambda summary: summary.setdefault("evaluations", []).append(entry))
+            update_summary(run_dir, lambda summary: summary.setdefault("evaluations", []).append(entry))
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -358,9 +370,9 @@ class RunRecord(Callback):
                     summary |= {"subcommand": self._stage, "checkpoint": {"path": self.checkpoint}}
             summary |= {"status": status, "error": error, "finished": now()}
 
-        directory = self._dir(trainer)
+        directory, run_dir = (self._dir(trainer), None) if fitting else self._evaluation_dirs(trainer)
         update_summary(directory, fail)
-        if not fitting and self.run_dir is not None and self.run_dir.resolve() != directory.resolve():
+        if not fitting and run_dir is not None and run_dir.resolve() != directory.resolve():
             entry = {"subcommand": self._stage, "status": status, "dir": str(directory), "error": error}
             entry |= {"checkpoint": {"path": self.checkpoint}, "finished": now()}
-            update_summary(self.run_dir, lambda summary: summary.setdefault("evaluations", []).append(entry))
+            update_summary(run_dir, lambda summary: summary.setdefault("evaluations", []).append(entry))

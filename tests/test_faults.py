@@ -63,6 +63,38 @@ def test_a_second_test_on_other_data_is_a_record_of_its_own(run_cli, trained, tm
     assert training_record(summary_of(run)) == before  # the training record is untouched
 
 
+def test_a_plain_trainer_testing_after_fit_keeps_the_training_record(mnist_root, tmp_path):
+    """RunRecord in a plain Trainer (no CLI): a test after fit logs into the run's own folder, and
+    once wrote its record over the training record there."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+
+    from cnnlab.records import RunRecord
+    from datamodules import MNISTDataModule
+    from lightning_modules import ImageClassifier
+
+    data = MNISTDataModule(data_dir=str(mnist_root), download=False, val_size=100, batch_size=50)
+    model = ImageClassifier(num_classes=10)
+    trainer = Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path / "logs"),
+        callbacks=[RunRecord()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, data)
+    run = Path(trainer.log_dir)
+    before = training_record(summary_of(run))
+    assert before["kind"] == "training" and before["status"] == "finished"
+    trainer.test(model, data)
+    assert training_record(summary_of(run)) == before
+    (entry,) = summary_of(run)["evaluations"]
+    evaluation = summary_of(Path(entry["dir"]))
+    assert evaluation["kind"] == "evaluation" and evaluation["subcommand"] == "test"
+    assert Path(entry["dir"]).parent == run / "evaluations" and "test/acc" in evaluation["metrics"]
+
+
 def test_an_evaluation_without_a_seed_runs_with_the_runs_own(run_cli, trained):
     run, args = trained
     args = [a for a in args if not a.startswith("--seed_everything")]  # as a user types it
