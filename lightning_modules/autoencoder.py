@@ -15,6 +15,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.protocol import Batch, EvalOutput
 from lightning_modules.base import CnnlabModule
 from lightning_modules.latent_scores import LatentScores
+from lightning_modules.nearest_neighbours import Metric
 from lightning_modules.optimization import keep_loadable_hparams
 from networks.autoencoder import ConvDecoder, ConvEncoder
 from networks.blocks import Upsampling
@@ -34,6 +35,9 @@ class AutoEncoder(CnnlabModule):
             transposed convolution.
         reconstruction_loss: bce (Bernoulli likelihood on pixels in [0, 1], summed over pixels: nats
             per image; needs data.normalize false) or mse (squared error summed over pixels).
+        knn_k: Neighbours of the `knn` anomaly score: the mean distance of a code to its knn_k nearest
+            codes of the (normal) training images, refitted at each validation; 0 turns it off.
+        knn_metric: euclidean or cosine distance between codes for `knn`.
         optimizer: Optimizer factory (class_path + init_args in YAML).
         lr_scheduler: Scheduler factory; OneCycleLR gets total_steps from the trainer.
     """
@@ -47,6 +51,8 @@ class AutoEncoder(CnnlabModule):
         channels: tuple[int, ...] = (32, 64, 128),
         upsample: Upsampling = "nearest",
         reconstruction_loss: ReconstructionLoss = "bce",
+        knn_k: int = 5,
+        knn_metric: Metric = "euclidean",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -68,7 +74,7 @@ class AutoEncoder(CnnlabModule):
         # NHWC is what oneDNN (CPU) and tensor cores (GPU) convolve fastest: 1.1-1.5x less CPU time per
         # training step here (benchmarks/autoencoder_speed.py).
         self.to(memory_format=torch.channels_last)
-        self.latent_scores = LatentScores(latent_dim)
+        self.latent_scores = LatentScores(latent_dim, knn_k, knn_metric)
         self._val_codes: torch.Tensor | None = None  # this rank's validation codes, at epoch end
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
 
@@ -101,7 +107,7 @@ class AutoEncoder(CnnlabModule):
 
     def anomaly_scores(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Per-image anomaly scores, float32 [B] each, larger = more anomalous: `loss` (the
-        reconstruction error, = per_sample_loss), `latent_distance` and `combined` (LatentScores)."""
+        reconstruction error, = per_sample_loss), `latent_distance`, `combined` and `knn` (LatentScores)."""
         images, _ = batch
         z = self.encode(images)
         return self.latent_scores.scores(z, self.reconstruction_error(self.decoder(z), images))
@@ -141,6 +147,11 @@ class AutoEncoder(CnnlabModule):
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
         self.latent_scores.reset()
+        neighbours = self.latent_scores.neighbours
+        # During fit every validation refits the bank to the weights it validates (any epoch's
+        # checkpoint may become the best); `validate` of a checkpoint keeps the bank it carries.
+        if neighbours is not None and (self.trainer.state.fn == "fit" or not neighbours.fitted):
+            neighbours.fit(self.over_training_images(self.encode, neighbours.bank_indices))
 
     @override
     def on_validation_epoch_end(self) -> None:

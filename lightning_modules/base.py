@@ -4,7 +4,7 @@ of the last validation kept with the weights, the yardstick of thresholds at tes
 Lightning only when they are written (training values at the logging interval, epoch metrics once an
 epoch); the optimizer and scheduler from the CLI."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from lightning.pytorch import LightningModule
@@ -13,8 +13,9 @@ from torch import nn
 from torchmetrics import Metric
 from typing_extensions import override
 
+from cnnlab.errors import CnnlabError
 from cnnlab.gather import gather_ranks
-from cnnlab.protocol import Batch, EvalOutput
+from cnnlab.protocol import Batch, EvalOutput, ImageData, missing
 from lightning_modules.optimization import configure_optimizers
 
 
@@ -104,6 +105,41 @@ class CnnlabModule(LightningModule):
         """This rank's validation scores at epoch end, after the module's own epoch-end fits; a
         module whose scores depend on such a fit recomputes them here."""
         return scores
+
+    def training_images(
+        self, indices: Callable[[int], torch.Tensor] | None = None, batch_size: int = 500
+    ) -> Iterator[torch.Tensor]:
+        """The training split as the model sees it at evaluation (normal samples only in an anomaly
+        run; never augmented), in chunks on the model's device, read through the DataModule's
+        `ImageData.samples` and `model_input`: the one way a model reads data outside its batches,
+        for what it fits to the normal training set (a k-NN bank, a Deep SVDD centre). `indices(n)`
+        picks which of the n images (default: all)."""
+        data = getattr(self._trainer, "datamodule", None)
+        if data is None or missing(data, ImageData):
+            raise CnnlabError(
+                f"{type(self).__name__} fits its anomaly scores to the normal training images, which it reads from "
+                "a cnnlab DataModule (ImageData in cnnlab/protocol.py); this run has "
+                f"{type(data).__name__ if data is not None else 'no DataModule'}. Train it with a DataModule from "
+                "datamodules/ (data.class_path in the config)."
+            )
+        images, _ = data.samples("train")
+        chosen = torch.arange(len(images)) if indices is None else indices(len(images))
+        for part in chosen.split(batch_size):
+            yield data.model_input(images[part].to(self.device))
+
+    @torch.no_grad()
+    def over_training_images(
+        self, compute: Callable[[torch.Tensor], torch.Tensor], indices: Callable[[int], torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """`compute` (e.g. `encode`) over `training_images`, in eval mode and under the run's precision
+        (the autocast its evaluation steps run in), concatenated as float32."""
+        training = self.training
+        self.eval()
+        try:
+            with self.trainer.precision_plugin.forward_context():
+                return torch.cat([compute(images).float() for images in self.training_images(indices)])
+        finally:
+            self.train(training)
 
     # -- steps ---------------------------------------------------------------------------------
 

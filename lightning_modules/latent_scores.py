@@ -1,6 +1,7 @@
-"""Anomaly scores of a latent model relative to its validation codes (normal images only, in an
-anomaly run): how far a code lies from a Gaussian fitted to them, and the reconstruction loss and that
-distance standardised and summed. Shared by the AutoEncoder and the VAE."""
+"""Anomaly scores of a latent model relative to normal codes: how far a code lies from a Gaussian
+fitted to the validation codes (normal images only, in an anomaly run), the reconstruction loss and
+that distance standardised and summed, and the mean distance to the k nearest codes of the normal
+training images (nearest_neighbours.py). Shared by the AutoEncoder and the VAE."""
 
 from collections.abc import Callable
 
@@ -8,17 +9,21 @@ import torch
 from torch import nn
 
 from lightning_modules.gaussian_fit import GaussianFit
+from lightning_modules.nearest_neighbours import Metric, NearestNeighbours
 
 
 class LatentScores(nn.Module):
     """The yardsticks fitted at each validation epoch end: a Gaussian over the codes and one over the
-    per-image losses. They are buffers, so a checkpoint's yardsticks always match its weights."""
+    per-image losses; and the bank of normal training codes of the k-NN score (knn_k 0: none), fitted
+    by the model at each validation start. All travel in the checkpoint, so a checkpoint's yardsticks
+    always match its weights."""
 
-    def __init__(self, latent_dim: int) -> None:
+    def __init__(self, latent_dim: int, knn_k: int = 5, knn_metric: Metric = "euclidean") -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.latent_gaussian = GaussianFit(latent_dim)
         self.loss_gaussian = GaussianFit(1)
+        self.neighbours = NearestNeighbours(knn_k, knn_metric) if knn_k else None
         self._codes: list[torch.Tensor] = []
 
     def reset(self) -> None:
@@ -47,7 +52,8 @@ class LatentScores(nn.Module):
         return codes
 
     def scores(self, codes: torch.Tensor, losses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """loss, latent_distance (squared Mahalanobis distance to the fitted Gaussian) and combined:
+        """loss, latent_distance (squared Mahalanobis distance to the fitted Gaussian), knn (mean
+        distance to the k nearest normal training codes, once the bank is fitted) and combined:
         the loss standardised with its validation mean and std, plus the distance standardised as a
         chi-square with latent_dim degrees of freedom (mean D, variance 2D, what it is for codes that
         follow the fitted Gaussian). Anomalies can stand out in either space or in both, and the sum
@@ -55,4 +61,7 @@ class LatentScores(nn.Module):
         distance = self.latent_gaussian.distance(codes)
         dim = self.latent_dim
         combined = self.loss_gaussian.standardize(losses) + (distance - dim) / (2 * dim) ** 0.5
-        return {"loss": losses.float(), "latent_distance": distance, "combined": combined}
+        scores = {"loss": losses.float(), "latent_distance": distance, "combined": combined}
+        if self.neighbours is not None and self.neighbours.fitted:
+            scores["knn"] = self.neighbours.distance(codes)
+        return scores

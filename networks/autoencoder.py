@@ -31,15 +31,18 @@ def feature_sizes(image_shape: Sequence[int], depth: int) -> list[tuple[int, int
 
 
 class ConvEncoder(nn.Module):
-    """One EncoderBlock per entry of `channels`, then a linear layer to `out_features`."""
+    """One EncoderBlock per entry of `channels`, then a linear layer to `out_features`. With
+    `bias=False` no layer adds a constant (no bias, batch-norm without its learned shift and scale)."""
 
-    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], out_features: int) -> None:
+    def __init__(
+        self, image_shape: Sequence[int], channels: Sequence[int], out_features: int, bias: bool = True
+    ) -> None:
         super().__init__()
         sizes = feature_sizes(image_shape, len(channels))
         ins = [image_shape[0], *channels[:-1]]
-        self.features = nn.Sequential(*(EncoderBlock(i, o) for i, o in zip(ins, channels, strict=True)))
+        self.features = nn.Sequential(*(EncoderBlock(i, o, bias) for i, o in zip(ins, channels, strict=True)))
         h, w = sizes[-1]
-        self.head = nn.Linear(channels[-1] * h * w, out_features)
+        self.head = nn.Linear(channels[-1] * h * w, out_features, bias=bias)
         self.apply(init_weights)
         # The head is linear (mean, log-variance or code): Glorot's gain-1 scale, not He's.
         nn.init.xavier_uniform_(self.head.weight)

@@ -17,14 +17,15 @@ class EncoderBlock(nn.Sequential):
     """conv 3x3 -> max-pool 2x2 -> batch-norm -> LeakyReLU: halves the height and width (floor).
 
     Pooling before batch-norm and activation normalises a quarter of the values for the same result
-    shape; the conv has no bias because batch-norm's shift replaces it.
+    shape; the conv has no bias because batch-norm's shift replaces it. `bias=False` also drops
+    batch-norm's learned scale and shift (affine=False): a network with no bias at all (Deep SVDD).
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
             nn.MaxPool2d(2),
-            nn.BatchNorm2d(out_channels),
+            nn.BatchNorm2d(out_channels, affine=bias),
             nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
         )
 
@@ -65,6 +66,6 @@ def init_weights(module: nn.Module) -> None:
         nn.init.kaiming_normal_(module.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+    elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d) and module.affine:
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)

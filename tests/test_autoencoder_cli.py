@@ -10,6 +10,7 @@ import torch
 from conftest import MNIST_TEST, last_evaluation, only_run, summary_of, tiny_cli_args
 from torchmetrics.functional.classification import binary_auroc
 
+from datamodules import MNISTDataModule
 from lightning_modules import VAE, AutoEncoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,7 +93,7 @@ def test_anomaly_run_trains_on_normal_digits_and_scores_all(run_cli, mnist_root,
     # test step computed; they are the scores predict writes for the same checkpoint
     run_cli("test", [*args, "--ckpt_path=best"])
     metrics = metrics_of(last_evaluation(run, "test"))
-    for score in ("loss", "latent_distance", "combined"):
+    for score in ("loss", "latent_distance", "combined", "knn"):
         ranked = saved[f"score_{score}"].double()
         expected = binary_auroc((ranked - ranked.min()) / (ranked.max() - ranked.min()), saved["is_anomaly"].long())
         assert metrics[f"test/{score}_auroc"] == pytest.approx(expected.item(), abs=1e-4), score
@@ -101,6 +102,18 @@ def test_anomaly_run_trains_on_normal_digits_and_scores_all(run_cli, mnist_root,
     reference = AutoEncoder.load_from_checkpoint(run / "checkpoints" / "best.ckpt").reference_scores()
     expected = torch.quantile(reference["combined"].double(), 0.95).item()
     assert metrics["test/combined_threshold"] == pytest.approx(expected, rel=1e-5)
+    # knn: the checkpoint's bank holds the codes of the normal training digits under its weights, and
+    # each test digit's score is the mean distance to its 5 nearest there (brute force)
+    model = AutoEncoder.load_from_checkpoint(run / "checkpoints" / "best.ckpt").eval()
+    data = MNISTDataModule(data_dir=str(mnist_root), download=False, val_size=100, normal_classes=[3], normalize=False)
+    data.setup("fit")
+    data.setup("test")
+    with torch.no_grad():
+        train_codes = model.encode(data.model_input(data.samples("train")[0]))
+        test_codes = model.encode(data.model_input(data.samples("test")[0]))
+    assert torch.allclose(model.latent_scores.neighbours.bank, train_codes, atol=1e-5)
+    nearest = torch.cdist(test_codes.double(), train_codes.double()).sort(dim=1).values[:, :5].mean(1)
+    assert torch.allclose(saved["score_knn"].double(), nearest, atol=1e-4)
 
 
 def test_bce_on_standardised_pixels_is_refused_with_the_fix(run_cli, mnist_root, tmp_path, capsys):

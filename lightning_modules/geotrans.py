@@ -1,0 +1,328 @@
+"""GeoTrans (Golan & El-Yaniv, "Deep Anomaly Detection Using Geometric Transformations", NeurIPS
+2018): a classifier learns which of K geometric transformations (flips, translations, rotations by
+90 degrees) was applied to a normal image. On a normal image it can tell; on an image of another kind
+its predictions are less sure or wrong, and that is the anomaly score.
+
+Scores (larger = more anomalous), each float32 [B]:
+  loss       the cross-entropy of the applied transformation, averaged over all K transformations of
+             the image (Golan's "simple" score divided by K; also `per_sample_loss`).
+  dirichlet  Golan's score: for each transformation k a Dirichlet distribution alpha_k is fitted to the
+             softmax outputs on T_k(x) of normal images; the score is -sum_k (alpha_k - 1) . log p(.|T_k x),
+             the negative log-likelihood up to a constant. Before the first fit alpha_k - 1 is the k-th
+             unit vector, which makes it the simple score.
+  knn        mean cosine distance of the classifier's features of the untransformed image to those of
+             its k nearest normal training images (nearest_neighbours.py; Bergman et al. 2020 show that
+             features learnt this way suit k-NN).
+  pixel_knn  (pixel_knn_k > 0) the same on blurred pixels: no learnt features at all, a strong baseline
+             on MNIST, whose digits differ in where their strokes lie.
+  combined   the scores named in `combine`, each standardised with its mean and std on the validation
+             images (normal only, in an anomaly run), summed: the primary score.
+
+The Dirichlet parameters and the standardisation are fitted at the end of each validation on its
+images, the k-NN banks at its start on the training images: all travel in the checkpoint."""
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MeanMetric
+from torchvision.transforms.v2.functional import gaussian_blur
+from typing_extensions import override
+
+from cnnlab.errors import CnnlabError
+from cnnlab.gather import gather_ranks
+from cnnlab.protocol import Batch, EvalOutput
+from lightning_modules.base import CnnlabModule
+from lightning_modules.gaussian_fit import GaussianFit
+from lightning_modules.nearest_neighbours import NearestNeighbours
+from lightning_modules.optimization import keep_loadable_hparams
+from networks.classifiers import Backbone, build_backbone
+
+Translations = Literal["none", "cross", "grid"]
+OFFSETS = {"none": ((0, 0),), "cross": ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))}
+OFFSETS["grid"] = tuple((dy, dx) for dy in (0, 1, -1) for dx in (0, 1, -1))
+SCORES = ("loss", "dirichlet", "knn", "pixel_knn")
+
+
+class GeometricTransformations(nn.Module):
+    """K transformations of an image batch: optionally a horizontal flip, then a translation by
+    `shift` pixels (none; cross: the 4 axis directions; grid: the 8 neighbours), then a rotation by
+    r x 90 degrees, r < rotations. Transformation 0 is the identity. The image is first padded by `pad`
+    pixels; padding and the pixels a translation uncovers repeat the border (the background)."""
+
+    def __init__(self, flip: bool, translations: Translations, shift: int, rotations: int, pad: int) -> None:
+        super().__init__()
+        if translations not in OFFSETS or rotations not in (1, 2, 4) or shift < 0 or pad < 0:
+            raise CnnlabError(
+                f"GeoTrans transformations: translations {translations!r}, rotations {rotations}, shift {shift}, "
+                f"pad {pad}. translations is none, cross or grid; rotations 1, 2 or 4 (multiples of 90 degrees); "
+                "shift and pad 0 or more."
+            )
+        self.pad, self.shift = pad, shift
+        self.transforms = [
+            (flipped, dy * shift, dx * shift, r)
+            for flipped in ((False, True) if flip else (False,))
+            for dy, dx in OFFSETS[translations]
+            for r in range(rotations)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return F.pad(images, (self.pad,) * 4, mode="replicate") if self.pad else images
+
+    def apply(self, images: torch.Tensor, k: int) -> torch.Tensor:
+        """Transformation k of prepared images [B, C, H, W]."""
+        flipped, dy, dx, r = self.transforms[k]
+        x = images.flip(-1) if flipped else images
+        if dy or dx:
+            s, (h, w) = self.shift, x.shape[-2:]
+            x = F.pad(x, (s, s, s, s), mode="replicate")[..., s - dy : s - dy + h, s - dx : s - dx + w]
+        return torch.rot90(x, r, (-2, -1)) if r else x
+
+    def apply_all(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All K transformations of a batch, transformation-major [K * B, C, H', W'], and which
+        transformation each is [K * B]."""
+        x = self.prepare(images)
+        labels = torch.arange(len(self), device=images.device).repeat_interleave(len(images))
+        return torch.cat([self.apply(x, k) for k in range(len(self))]), labels
+
+
+@torch.no_grad()
+def fit_dirichlet(log_probs: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+    """Maximum-likelihood Dirichlet parameters [K] of probability vectors given as log-probabilities
+    [N, K] (Minka 2000, "Estimating a Dirichlet distribution": the fixed point
+    psi(alpha_j) = psi(sum alpha) + mean log p_j, psi inverted by Newton's method), in float64."""
+    mean_log = log_probs.double().mean(0)
+    p = log_probs.double().exp()
+    m, m2 = p.mean(0), p.square().mean(0)
+    precision = ((m - m2) / (m2 - m.square()).clamp_min(1e-12)).median().clamp_min(1e-2)  # moments: a start
+    alpha = (m * precision).clamp_min(1e-3)
+    for _ in range(iterations):
+        alpha = inverse_digamma(torch.special.digamma(alpha.sum()) + mean_log).clamp_min(1e-6)
+    return alpha
+
+
+def inverse_digamma(y: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """x with digamma(x) = y (Minka's initialisation, then Newton steps)."""
+    euler = -torch.special.digamma(torch.ones((), dtype=y.dtype))
+    x = torch.where(y >= -2.22, y.exp() + 0.5, -1.0 / (y + euler))
+    for _ in range(steps):
+        x = x - (torch.special.digamma(x) - y) / torch.special.polygamma(1, x)
+    return x
+
+
+class GeoTrans(CnnlabModule):
+    """The transformation classifier for one-class anomaly detection (module docstring).
+
+    Args:
+        image_shape: (channels, height, width); linked from the DataModule.
+        backbone: The classifier (networks/classifiers.py) that tells the K transformations apart:
+            cnn, resnet, lenet5 or alexnet (a backbone with `features`, whose output are the k-NN
+            features, and a `head`).
+        width: The backbone's width; None keeps its default.
+        flip: Include horizontal flips (doubles K).
+        translations: none, cross (x5) or grid (x9).
+        shift: Translation in pixels.
+        rotations: 1, 2 or 4 rotations by 90 degrees.
+        pad: Pixels of border added before transforming (MNIST 28 -> 32).
+        knn_k: Neighbours of the `knn` score (0: no such score).
+        pixel_knn_k: Neighbours of the `pixel_knn` score (0: no such score).
+        pixel_blur: Standard deviation in pixels of the Gaussian blur before pixel_knn.
+        combine: Scores summed, standardised, into `combined` (from loss, dirichlet, knn, pixel_knn).
+        optimizer: Optimizer factory (class_path + init_args in YAML).
+        lr_scheduler: Scheduler factory; OneCycleLR gets total_steps from the trainer.
+    """
+
+    primary_score = "combined"
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        backbone: Backbone = "cnn",
+        width: int | None = 16,
+        flip: bool = False,
+        translations: Translations = "cross",
+        shift: int = 4,
+        rotations: int = 4,
+        pad: int = 2,
+        knn_k: int = 5,
+        pixel_knn_k: int = 0,
+        pixel_blur: float = 1.0,
+        combine: list[str] | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler)
+        self.save_hyperparameters()
+        keep_loadable_hparams(self)
+        self.transformations = GeometricTransformations(flip, translations, shift, rotations, pad)
+        if rotations == 4 and image_shape[1] != image_shape[2]:
+            raise CnnlabError(
+                f"GeoTrans rotates by 90 degrees, which needs square images, but these are {image_shape[1]}x"
+                f"{image_shape[2]}. Use --model.rotations 2 (0 and 180 degrees) or 1."
+            )
+        k = len(self.transformations)
+        self.num_transformations = k
+        if backbone == "mlp":
+            raise CnnlabError(
+                "GeoTrans needs a convolutional backbone with features (cnn, resnet, lenet5 or alexnet); mlp has "
+                "none. Use --model.backbone cnn."
+            )
+        self.net = build_backbone(backbone, image_shape, k, width, 0.0)
+        self.to(memory_format=torch.channels_last)
+        combine = list(combine) if combine is not None else ["dirichlet", "knn"]
+        available = ["loss", "dirichlet"] + ["knn"] * bool(knn_k) + ["pixel_knn"] * bool(pixel_knn_k)
+        if not combine or set(combine) - set(available):
+            raise CnnlabError(
+                f"GeoTrans: combine is {combine}, but the scores this model computes are {available} (knn needs "
+                "knn_k > 0, pixel_knn needs pixel_knn_k > 0). Name one or more of them."
+            )
+        self.combine = combine
+        self.pixel_blur = pixel_blur
+        self.neighbours = NearestNeighbours(knn_k, "cosine") if knn_k else None
+        self.pixel_neighbours = NearestNeighbours(pixel_knn_k, "cosine") if pixel_knn_k else None
+        # Dirichlet parameters minus one, per transformation [K, K]: the identity is the simple score.
+        self.register_buffer("dirichlet_weights", torch.eye(k))
+        self.standardise = nn.ModuleDict({name: GaussianFit(1) for name in combine})
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self._val_log_probs: list[torch.Tensor] = []
+        self._val_scores: list[dict[str, torch.Tensor]] = []
+
+    # -- the network -------------------------------------------------------------------------------
+
+    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.features(images.contiguous(memory_format=torch.channels_last))
+        return features.flatten(1), self.net.head(features)
+
+    @override
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of each transformation of each image, float32 [B, K (applied), K (predicted)],
+        and the features of the untransformed image [B, F] (the k-NN features)."""
+        prepared = self.transformations.prepare(images)
+        log_probs, identity = [], None
+        for k in range(self.num_transformations):  # one transformation at a time: memory of one batch
+            features, logits = self.features_and_logits(self.transformations.apply(prepared, k))
+            log_probs.append(F.log_softmax(logits.float(), dim=1))
+            if k == 0:
+                identity = features.float()
+        return torch.stack(log_probs, dim=1), identity
+
+    def feature_layer(self) -> nn.Conv2d | None:
+        return self.net.input_layer()
+
+    def blurred_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        size = 2 * int(3 * self.pixel_blur + 0.5) + 1
+        return gaussian_blur(images.float(), [size, size], [self.pixel_blur, self.pixel_blur]).flatten(1)
+
+    # -- scores ------------------------------------------------------------------------------------
+
+    def _raw_scores(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every score but `combined`, and the log-probabilities [B, K, K]."""
+        log_probs, features = self(images)
+        applied = log_probs.diagonal(dim1=1, dim2=2)  # [B, K]: log p(k | T_k x)
+        scores = {
+            "loss": -applied.mean(1),
+            "dirichlet": -(log_probs * self.dirichlet_weights).sum((1, 2)),
+        }
+        if self.neighbours is not None and self.neighbours.fitted:
+            scores["knn"] = self.neighbours.distance(features)
+        if self.pixel_neighbours is not None and self.pixel_neighbours.fitted:
+            scores["pixel_knn"] = self.pixel_neighbours.distance(self.blurred_pixels(images))
+        return scores, log_probs
+
+    def _with_combined(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if all(name in scores for name in self.combine):
+            scores["combined"] = sum(self.standardise[name].standardize(scores[name]) for name in self.combine)
+        return scores
+
+    def per_sample_loss(self, batch: Batch) -> torch.Tensor:
+        """Cross-entropy of the applied transformation, averaged over the K transformations, float32 [B]."""
+        images, _ = batch
+        log_probs, _ = self(images)
+        return -log_probs.diagonal(dim1=1, dim2=2).mean(1)
+
+    def anomaly_scores(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """loss, dirichlet, knn, pixel_knn (where on) and combined, float32 [B] each (module docstring)."""
+        images, _ = batch
+        return self._with_combined(self._raw_scores(images)[0])
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def _shared_step(self, batch: Batch, stage: str) -> EvalOutput:
+        images, _ = batch
+        if stage == "train":
+            transformed, labels = self.transformations.apply_all(images)
+            _, logits = self.features_and_logits(transformed)
+            loss = F.cross_entropy(logits.float(), labels)
+            self.log_step("train/loss", loss, prog_bar=True)
+            return {"loss": loss}
+        scores, log_probs = self._raw_scores(images)
+        if stage == "val":
+            self._val_log_probs.append(log_probs)
+            self._val_scores.append(dict(scores))
+        loss = scores["loss"].mean()
+        getattr(self, f"{stage}_loss").update(loss, weight=len(images))
+        return {"loss": loss, "scores": self._with_combined(scores)}
+
+    def epoch_metrics(self, stage: str) -> dict:
+        return {} if stage == "train" else {"loss": getattr(self, f"{stage}_loss")}
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._val_log_probs, self._val_scores = [], []
+        # During fit every validation refits the banks to the weights it validates; `validate` of a
+        # checkpoint keeps the banks it carries.
+        fitting = self.trainer.state.fn == "fit"
+        if self.neighbours is not None and (fitting or not self.neighbours.fitted):
+            self.neighbours.fit(self.over_training_images(lambda x: self(x)[1], self.neighbours.bank_indices))
+        if self.pixel_neighbours is not None and not self.pixel_neighbours.fitted:  # the weights play no part
+            self.pixel_neighbours.fit(
+                self.over_training_images(self.blurred_pixels, self.pixel_neighbours.bank_indices)
+            )
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        # Fit the Dirichlets on this epoch's validation outputs (every rank's), before ModelCheckpoint
+        # saves, then the standardisation of each combined score on the rescored validation images.
+        if self._val_log_probs:
+            log_probs = gather_ranks(torch.cat(self._val_log_probs))
+            if len(log_probs) >= 2:
+                alphas = torch.stack([fit_dirichlet(log_probs[:, k]) for k in range(self.num_transformations)])
+                self.dirichlet_weights.copy_((alphas - 1).to(self.dirichlet_weights))
+        local = self._rescored_validation()
+        reduce = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        for name, fit in self.standardise.items():
+            fit.reset()
+            if name in local:
+                fit.update(local[name][:, None])
+            fit.fit(reduce=reduce)
+            fit.reset()
+        self._rescored = local
+        super().on_validation_epoch_end()
+
+    def _rescored_validation(self) -> dict[str, torch.Tensor]:
+        """This rank's validation scores with this epoch's Dirichlet fit."""
+        if not self._val_scores:
+            return {}
+        scores = {name: torch.cat([s[name] for s in self._val_scores]) for name in self._val_scores[0]}
+        log_probs = torch.cat(self._val_log_probs)
+        scores["dirichlet"] = -(log_probs * self.dirichlet_weights).sum((1, 2))
+        self._val_log_probs, self._val_scores = [], []
+        return scores
+
+    @override
+    def final_reference(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rescored, self._rescored = getattr(self, "_rescored", {}), {}
+        if not rescored or len(rescored["loss"]) != len(scores.get("loss", ())):
+            return scores
+        return self._with_combined(dict(rescored))
+
+    @override
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        _, labels = batch
+        return {"label": labels} | {f"score_{name}": s for name, s in self.anomaly_scores(batch).items()}
