@@ -1,6 +1,8 @@
 """The contract between cnnlab's parts: what a model and a DataModule provide, and what callbacks, the
 launcher and the CLI may rely on. Nothing else: a callback never reaches into a model's modules or a
-DataModule's lifecycle, and a model never reaches into the trainer or the DataModule.
+DataModule's lifecycle, and a model never reaches into the trainer or the DataModule except through
+`ImageData` (a model that fits to the normal training images reads them with
+`CnnlabModule.training_images`).
 
 Read this file to know what a new model must provide to get every figure (docs/design.md has the
 recipes). Each capability is a runtime-checkable `typing.Protocol`; callbacks call `require` once at
