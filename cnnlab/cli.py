@@ -15,7 +15,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
@@ -26,7 +26,7 @@ from cnnlab import checkpoints
 from cnnlab.command_line import explicit_settings, integer_limits
 from cnnlab.environment import DEBUG_ENV
 from cnnlab.errors import CnnlabError
-from cnnlab.lightning_internals import CnnlabInternals
+from cnnlab.lightning_internals import CnnlabInternals, TimedProgressBar
 from cnnlab.protocol import check_pairing
 from cnnlab.records import RunRecord, git_commit, read_summary
 from cnnlab.run_dir import (
@@ -275,6 +275,12 @@ class CnnlabCLI(CnnlabInternals):
                 callbacks.append(checkpoints.ResumeChanges(self.agreement.applied))
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter())
+        given = trainer_config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        if trainer_config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in given
+        ):
+            callbacks.append(TimedProgressBar())  # redrawn on a clock, not every step (lightning_internals.py)
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         return super().instantiate_trainer(**kwargs)
 

@@ -5,7 +5,10 @@ see docs/design.md). Each override is written so that a Lightning without the pr
 replaces behaves the same: cnnlab reconciles `--ckpt_path` in the public `parse_arguments` hook itself.
 """
 
+import time
+
 import yaml
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from typing_extensions import override
 
@@ -53,3 +56,40 @@ class WarmParsers(LightningCLI):
             )
             return
         self.parser, self._subcommand_parsers, self._subcommand_method_arguments = _PARSERS[key]
+
+
+class TimedProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with no device read between logging steps. Lightning redraws it every
+    `refresh_rate` batches and each redraw reads the logged metrics (the training loss beside the bar)
+    back from the device: on a GPU with a short step, a redraw every step made the host wait for the
+    GPU every step. Here the counter is redrawn at most every `min_interval` seconds (and at an epoch's
+    end), which reads nothing from the device, and the metrics beside it only on the steps whose
+    values the loggers write (every `log_every_n_steps`), which read them back anyway. Overrides
+    TQDMProgressBar's private `_should_update` (lightning 2.x), the test its batch hooks make."""
+
+    def __init__(self, min_interval: float = 0.5) -> None:
+        super().__init__(refresh_rate=1)
+        self.min_interval = min_interval
+        self._last_draw = 0.0
+
+    @override
+    def _should_update(self, current: int, total: int) -> bool:
+        if not self.is_enabled:
+            return False
+        now = time.monotonic()
+        if current == total or now - self._last_draw >= self.min_interval:
+            self._last_draw = now
+            return True
+        return False
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        bar, n = self.train_progress_bar, batch_idx + 1
+        if bar is None or not self._should_update(n, bar.total):
+            return
+        if not bar.disable:
+            bar.n = n
+            logging_step = trainer.global_step % max(1, trainer.log_every_n_steps) == 0 or trainer.is_last_batch
+            if logging_step:
+                bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()

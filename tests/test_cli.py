@@ -291,3 +291,30 @@ def test_ddp_fit_and_test_on_two_cpu_processes(tiny_args, tmp_path, run_cli):
     single = summary_of(last_evaluation(run, "test"))["metrics"]
     assert ddp_metrics["test/acc"] == pytest.approx(single["test/acc"], abs=1e-6)
     assert ddp_metrics["test/loss"] == pytest.approx(single["test/loss"], rel=1e-5)
+
+
+def test_the_progress_bar_reads_metrics_only_on_logging_steps(run_cli, tiny_args, monkeypatch):
+    """Each redraw of the metrics beside the bar reads the logged values back from the device (a wait
+    for a GPU); the bar shows them only on the steps the loggers write, and redraws its counter alone
+    in between (tests/test_gpu.py checks the same on CUDA with sync debug mode "error")."""
+    from cnnlab.lightning_internals import TimedProgressBar
+
+    reads, counts = [], []
+    original_metrics = TimedProgressBar.get_metrics
+
+    def get_metrics(self, trainer, pl_module):
+        if trainer.training:
+            reads.append((trainer.global_step, trainer.is_last_batch))
+        return original_metrics(self, trainer, pl_module)
+
+    def should_update(self, current, total):
+        counts.append(current)
+        return True  # redraw at every batch, so only the metrics test decides
+
+    monkeypatch.setattr(TimedProgressBar, "get_metrics", get_metrics)
+    monkeypatch.setattr(TimedProgressBar, "_should_update", should_update)
+    args = [*tiny_args, "--data.batch_size=20", "--trainer.log_every_n_steps=5", "--trainer.enable_progress_bar=true"]
+    run_cli("fit", args)
+    assert len(counts) >= 25  # 500 training images: 25 batches, each redrawn
+    steps = [step for step, last in reads if not last]
+    assert steps and all(step % 5 == 0 for step in steps), reads  # the logging steps 5, 10, ... only
