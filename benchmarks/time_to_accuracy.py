@@ -147,10 +147,12 @@ class TimedCLI(CnnlabCLI):
         return trainer
 
 
-def main_job(seed: int, root: str, opts, extra: list[str]) -> tuple[dict, CnnlabCLI]:
-    """One seed of the main job: fit as a user runs it, then test its best checkpoint."""
+def main_job(
+    seed: int, root: str, opts, extra: list[str], config: Path | None = None, label: str = "main job"
+) -> tuple[dict, CnnlabCLI]:
+    """One seed of the main job (or of `config`): fit as a user runs it, then test its best checkpoint."""
     common = [
-        f"--config={ROOT / 'configs' / 'mnist_classifier.yaml'}",
+        f"--config={config or ROOT / 'configs' / 'mnist_classifier.yaml'}",
         f"--config={ROOT / 'configs' / 'logger' / 'csv.yaml'}",
         f"--data.data_dir={root}",
         f"--trainer.default_root_dir={tempfile.mkdtemp(prefix=f'cnnlab-tta-seed{seed}-')}",
@@ -166,7 +168,7 @@ def main_job(seed: int, root: str, opts, extra: list[str]) -> tuple[dict, Cnnlab
     end_wall, end_cpu = probe.clock.now()
     test = CnnlabCLI(args=["test", *common, *extra, "--ckpt_path=best"])
     result = {
-        "run": f"main job, seed {seed}",
+        "run": f"{label}, seed {seed}",
         "seed": seed,
         "device": str(fit.trainer.strategy.root_device),
         "precision": str(fit.trainer.precision),
@@ -247,7 +249,7 @@ def first_reached(run: dict, target: float) -> dict | None:
     return next((row for row in run["epochs"] if row["test_acc"] >= target - 1e-12), None)
 
 
-def table(main: list[dict], refs: list[dict]) -> str:
+def table(main: list[dict], refs: list[dict], previous: list[dict] = ()) -> str:
     head = ["run"]
     for target in TARGETS:
         head += [f"wall s to {100 * target:.1f}%", f"CPU s to {100 * target:.1f}%"]
@@ -272,6 +274,7 @@ def table(main: list[dict], refs: list[dict]) -> str:
         mean_final = statistics.mean(run["final_test_acc"] for run in main)
         mean += [f"{statistics.mean(run['end_wall_s'] for run in main):.1f}", f"{100 * mean_final:.2f}% ({finals})"]
         rows.append(mean)
+    rows += [row(run) for run in previous]
     rows += [row(ref) for ref in refs]
     return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
 
@@ -294,17 +297,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--max-train-samples", type=int, default=None, help="cap the training digits (quick checks)")
     parser.add_argument("--out", default=None, help="also write the table and the per-epoch figures here")
+    parser.add_argument(
+        "--previous-config",
+        default=None,
+        help="another config to run the same way beside the main job (the recipe it replaced, say), "
+        "its seeds interleaved with the main job's",
+    )
+    parser.add_argument("--previous-seeds", type=int, nargs="+", default=None, help="its seeds (default: the first)")
     opts = parser.parse_args(argv)
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     if opts.threads:
         torch.set_num_threads(opts.threads)
     root = real_mnist_root()
     started = datetime.now().astimezone().isoformat(timespec="seconds")
-    main_runs, fit = [], None
-    for seed in opts.seeds:
-        result, fit = main_job(seed, root, opts, extra)
-        main_runs.append(result)
-        print(json.dumps(result), flush=True)
+    main_runs, previous, fit = [], [], None
+    previous_seeds = (opts.previous_seeds or opts.seeds[:1]) if opts.previous_config else []
+    for seed in sorted(set(opts.seeds) | set(previous_seeds)):
+        if seed in previous_seeds:  # interleaved, so both see the same machine over the same hours
+            result, _ = main_job(seed, root, opts, extra, Path(opts.previous_config), "previous recipe")
+            previous.append(result)
+            print(json.dumps(result), flush=True)
+        if seed in opts.seeds:
+            result, fit = main_job(seed, root, opts, extra)
+            main_runs.append(result)
+            print(json.dumps(result), flush=True)
     # the last fit's DataModule: its training split (after any cap) and test split, as the main job saw them
     data = fit.datamodule
     device, precision = fit.trainer.strategy.root_device, str(fit.trainer.precision)
@@ -314,7 +330,7 @@ def main() -> None:
         print(json.dumps(refs[-1]), flush=True)
     report = "\n".join(
         [
-            table(main_runs, refs),
+            table(main_runs, refs, previous),
             "",
             f"machine: {machine()}; torch threads {torch.get_num_threads()}; device {device}, precision {precision}",
             f"training digits {len(data.samples('train')[1])}, test digits {len(data.samples('test')[1])}; "
@@ -328,7 +344,8 @@ def main() -> None:
         out = Path(opts.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "time_to_accuracy.md").write_text(report + "\n")
-        (out / "time_to_accuracy.json").write_text(json.dumps({"main": main_runs, "reference": refs}, indent=1))
+        runs = {"main": main_runs, "previous": previous, "reference": refs}
+        (out / "time_to_accuracy.json").write_text(json.dumps(runs, indent=1))
 
 
 if __name__ == "__main__":

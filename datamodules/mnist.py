@@ -27,13 +27,18 @@ RAW_FILES = (
 )
 
 
-def random_affine(images: torch.Tensor, max_degrees: float, max_shift_px: float) -> torch.Tensor:
-    """Rotate each image by up to +-max_degrees and shift it by up to +-max_shift_px, in one
-    grid_sample for the whole batch. Randomness comes from torch's RNG on the batch's device."""
+def random_affine(
+    images: torch.Tensor, max_degrees: float, max_shift_px: float, max_scale: float = 0.0
+) -> torch.Tensor:
+    """Rotate each image by up to +-max_degrees, scale it by a factor in [1 - max_scale, 1 + max_scale]
+    and shift it by up to +-max_shift_px, in one grid_sample for the whole batch. Randomness comes
+    from torch's RNG on the batch's device."""
     n, _, h, w = images.shape
-    rand = torch.rand(3, n, device=images.device) * 2 - 1
+    rand = torch.rand(4, n, device=images.device) * 2 - 1
     angle = rand[0] * math.radians(max_degrees)
-    cos, sin = angle.cos(), angle.sin()
+    # the grid maps output to input coordinates: a digit drawn s times larger samples at 1 / s
+    zoom = 1 / (1 + rand[3] * max_scale)
+    cos, sin = angle.cos() * zoom, angle.sin() * zoom
     # affine_grid works in [-1, 1] coordinates: one pixel is 2 / size.
     tx, ty = rand[1] * max_shift_px * 2 / w, rand[2] * max_shift_px * 2 / h
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
@@ -47,6 +52,7 @@ class MNISTDataModule(ImageDataModule):
     Args:
         max_rotation: Largest random rotation of a training digit, in degrees.
         max_shift: Largest random translation of a training digit, in pixels.
+        max_scale: Largest random change of a training digit's size, as a fraction (0.1: 90-110%).
         binarize: Dynamically binarised MNIST (as VAE papers report, e.g. Burda et al. 2015): each
             pixel is 1 with probability its grey level, drawn afresh for every training batch on the
             device; validation and test images are drawn once, from data_seed, so their numbers
@@ -62,11 +68,23 @@ class MNISTDataModule(ImageDataModule):
     std = (0.3081,)
 
     def __init__(
-        self, *args, max_rotation: float = 10.0, max_shift: float = 2.0, binarize: bool = False, **kwargs
+        self,
+        *args,
+        max_rotation: float = 10.0,
+        max_shift: float = 2.0,
+        max_scale: float = 0.0,
+        binarize: bool = False,
+        **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if max_rotation < 0 or max_shift < 0 or not 0 <= max_scale < 1:
+            raise CnnlabError(
+                f"MNIST augmentation out of range: max_rotation {max_rotation}, max_shift {max_shift}, max_scale "
+                f"{max_scale}. Rotation and shift are 0 or more; max_scale is a fraction in [0, 1), e.g. 0.1."
+            )
         self.max_rotation = max_rotation
         self.max_shift = max_shift
+        self.max_scale = max_scale
         self.binarize = binarize
 
     @property
@@ -100,7 +118,7 @@ class MNISTDataModule(ImageDataModule):
         return images.unsqueeze(1).contiguous(), labels.long()
 
     def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
-        return random_affine(images, self.max_rotation, self.max_shift)
+        return random_affine(images, self.max_rotation, self.max_shift, self.max_scale)
 
     def split_files(self, train: bool) -> str:
         prefix = "train" if train else "t10k"

@@ -138,6 +138,19 @@ def test_mnist_augmentation_keeps_digits_recognisable(mnist_root):
     assert (augmented.flatten(1).sum(1) / x.flatten(1).sum(1)).sub(1).abs().max() < 0.25
 
 
+def test_mnist_scale_augmentation_changes_digit_sizes_within_its_range(mnist_root):
+    torch.manual_seed(0)
+    square = torch.zeros(1, 1, 28, 28)
+    square[..., 10:18, 10:18] = 1  # 64 pixels of ink, well inside the frame
+    dm = MNISTDataModule(data_dir=str(mnist_root), max_rotation=0, max_shift=0, max_scale=0.2)
+    ink = dm.augment_batch(square.repeat(400, 1, 1, 1)).flatten(1).sum(1) / 64
+    # sizes 80-120%: ink areas 0.64-1.44 of the original (a pixel of interpolation at the edges aside)
+    assert ink.min() > 0.64 - 0.1 and ink.max() < 1.44 + 0.1
+    assert ink.min() < 0.75 and ink.max() > 1.3  # both ends of the range drawn
+    with pytest.raises(CnnlabError, match="max_scale"):
+        MNISTDataModule(data_dir=str(mnist_root), max_scale=1.5)
+
+
 def test_cifar_crop_keeps_shape_and_shifts_content():
     torch.manual_seed(0)
     x = torch.rand(32, 3, 32, 32)
