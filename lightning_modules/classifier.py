@@ -19,7 +19,8 @@ class ImageClassifier(CnnlabModule):
 
     Args:
         backbone: mlp (fully connected baseline), lenet5 (LeCun et al. 1998), alexnet (AlexNet
-            scaled to 28-32 px), cnn (small conv-BN-ReLU net for MNIST), resnet (residual CNN).
+            scaled to 28-32 px), cnn (small conv-BN-ReLU net for MNIST), plain (three conv-BN-ReLU-pool
+            stages), resnet (residual CNN).
         image_shape: (channels, height, width); linked from the DataModule.
         num_classes: Linked from the DataModule.
         width: Channels (or hidden units) of the first layer; None keeps the backbone's default.

@@ -121,8 +121,9 @@ class GeoTrans(CnnlabModule):
     Args:
         image_shape: (channels, height, width); linked from the DataModule.
         backbone: The classifier (networks/classifiers.py) that tells the K transformations apart:
-            cnn, resnet, lenet5 or alexnet (a backbone with `features`, whose output are the k-NN
-            features, and a `head`).
+            plain, cnn, resnet, lenet5 or alexnet (a backbone with `features`, whose output are the
+            k-NN features, and a `head`). plain (three conv stages) scored better than cnn (the
+            SmallCNN, one more conv) at half its cost (docs/anomaly.md).
         width: The backbone's width; None keeps its default.
         flip: Include horizontal flips (doubles K).
         translations: none, cross (x5) or grid (x9).
@@ -142,7 +143,7 @@ class GeoTrans(CnnlabModule):
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (1, 28, 28),
-        backbone: Backbone = "cnn",
+        backbone: Backbone = "plain",
         width: int | None = 16,
         flip: bool = False,
         translations: Translations = "cross",
@@ -169,8 +170,8 @@ class GeoTrans(CnnlabModule):
         self.num_transformations = k
         if backbone == "mlp":
             raise CnnlabError(
-                "GeoTrans needs a convolutional backbone with features (cnn, resnet, lenet5 or alexnet); mlp has "
-                "none. Use --model.backbone cnn."
+                "GeoTrans needs a convolutional backbone with features (plain, cnn, resnet, lenet5 or alexnet); mlp "
+                "has none. Use --model.backbone plain."
             )
         self.net = build_backbone(backbone, image_shape, k, width, 0.0)
         self.to(memory_format=torch.channels_last)

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-Backbone = Literal["mlp", "lenet5", "alexnet", "cnn", "resnet"]
+Backbone = Literal["mlp", "lenet5", "alexnet", "cnn", "plain", "resnet"]
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
@@ -161,6 +161,32 @@ class SmallCNN(nn.Module):
         return self.features[0][0]
 
 
+class PlainCNN(nn.Module):
+    """The plainest conv net: three stages of one conv-BN-ReLU (widths w, 2w, 4w), each followed by
+    max-pooling, then global average pooling and one linear layer. Half the SmallCNN's work per image
+    (no second conv at half resolution); the transformation classifier of GeoTrans, where it gives
+    better anomaly scores than the SmallCNN (docs/anomaly.md)."""
+
+    def __init__(
+        self, image_shape: tuple[int, int, int], num_classes: int, width: int = 16, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = image_shape[0]
+        for out in (width, 2 * width, 4 * width):
+            layers += [conv_bn_relu(channels, out), nn.MaxPool2d(2)]
+            channels = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def input_layer(self) -> nn.Conv2d | None:
+        """The first convolution (what FilterAndFeatureMaps draws)."""
+        return self.features[0][0]
+
+
 class BasicBlock(nn.Module):
     """He et al. 2016 basic residual block; a 1x1 projection where the shape changes."""
 
@@ -214,6 +240,7 @@ BACKBONES: dict[str, type[nn.Module]] = {
     "lenet5": LeNet5,
     "alexnet": AlexNetSmall,
     "cnn": SmallCNN,
+    "plain": PlainCNN,
     "resnet": ResNetSmall,
 }
 
