@@ -101,6 +101,7 @@ def all_scores(saved: dict) -> dict[str, torch.Tensor]:
     test, val = scores_of(saved["test"]), scores_of(saved["val"])
     scores = dict(test)
     pairs = [("loss", "latent_kl"), ("loss", "latent_distance"), ("loss", "knn"), ("distance", "knn")]
+    pairs += [("dirichlet", "knn"), ("knn", "pixel_knn"), ("dirichlet", "pixel_knn")]
     for a, b in pairs:
         if a in test and b in test:
             scores[f"{a}+{b} (val z)"] = standardised(test[a], val[a]) + standardised(test[b], val[b])
