@@ -150,7 +150,8 @@ class AutoEncoder(CnnlabModule):
         neighbours = self.latent_scores.neighbours
         # During fit every validation refits the bank to the weights it validates (any epoch's
         # checkpoint may become the best); `validate` of a checkpoint keeps the bank it carries.
-        if neighbours is not None and (self.trainer.state.fn == "fit" or not neighbours.fitted):
+        refit = neighbours is not None and (self.trainer.state.fn == "fit" or not neighbours.fitted)
+        if refit and self.reads_training_images("knn"):
             neighbours.fit(self.over_training_images(self.encode, neighbours.bank_indices))
 
     @override

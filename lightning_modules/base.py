@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import Metric
 from typing_extensions import override
@@ -105,6 +106,22 @@ class CnnlabModule(LightningModule):
         """This rank's validation scores at epoch end, after the module's own epoch-end fits; a
         module whose scores depend on such a fit recomputes them here."""
         return scores
+
+    def reads_training_images(self, score: str) -> bool:
+        """Whether this run's DataModule hands over the training images (ImageData), which the
+        scores fitted to the normal training set need. A model trained without one (a plain Trainer
+        on bare DataLoaders) goes on without those scores, with one warning naming `score`."""
+        data = getattr(self._trainer, "datamodule", None)
+        if data is not None and not missing(data, ImageData):
+            return True
+        if not getattr(self, "_warned_no_training_images", False):
+            self._warned_no_training_images = True
+            rank_zero_warn(
+                f"{type(self).__name__}: the {score} anomaly score is fitted to the normal training images, which it "
+                "reads from a cnnlab DataModule (ImageData in cnnlab/protocol.py); this run has none, so that score "
+                "is left out. Train with a DataModule from datamodules/ to have it."
+            )
+        return False
 
     def training_images(
         self, indices: Callable[[int], torch.Tensor] | None = None, batch_size: int = 500

@@ -279,9 +279,14 @@ class GeoTrans(CnnlabModule):
         # During fit every validation refits the banks to the weights it validates; `validate` of a
         # checkpoint keeps the banks it carries.
         fitting = self.trainer.state.fn == "fit"
-        if self.neighbours is not None and (fitting or not self.neighbours.fitted):
+        if (
+            self.neighbours is not None
+            and (fitting or not self.neighbours.fitted)
+            and self.reads_training_images("knn")
+        ):
             self.neighbours.fit(self.over_training_images(lambda x: self(x)[1], self.neighbours.bank_indices))
-        if self.pixel_neighbours is not None and not self.pixel_neighbours.fitted:  # the weights play no part
+        pixels = self.pixel_neighbours
+        if pixels is not None and not pixels.fitted and self.reads_training_images("pixel_knn"):  # weights: no part
             self.pixel_neighbours.fit(
                 self.over_training_images(self.blurred_pixels, self.pixel_neighbours.bank_indices)
             )

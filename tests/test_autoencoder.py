@@ -286,3 +286,16 @@ def test_latent_distance_is_fitted_on_the_validation_codes(tmp_path):
     # the reference scores of that validation are measured against this very fit, not the one before
     reference = model.reference_scores()
     assert torch.allclose(reference["latent_distance"], gaussian.distance(z.float()), atol=1e-4)
+
+
+def test_without_a_cnnlab_datamodule_the_knn_score_is_left_out_with_one_warning(tmp_path):
+    # A plain Trainer on bare DataLoaders: no training images to fit the k-NN bank to; the model
+    # trains, warns once, and scores with everything else.
+    torch.manual_seed(0)
+    model = AutoEncoder(**SMALL)
+    with pytest.warns(UserWarning, match="knn anomaly score") as caught:
+        fit_tiny(model, 6, tmp_path)
+    assert sum("knn anomaly score" in str(w.message) for w in caught) == 1
+    with torch.no_grad():
+        scores = model.eval().anomaly_scores(batch_of(4))
+    assert "knn" not in scores and {"loss", "latent_distance", "combined"} <= set(scores)
