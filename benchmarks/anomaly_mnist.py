@@ -7,9 +7,9 @@ of each method and score per digit, the mean and the worst digit over the 10, an
 digit of fit plus scoring the test split, beside the published figures of the same protocol.
 
     python benchmarks/anomaly_mnist.py [--models recommended geotrans deep_svdd ae vae] [--digits 0 ... 9]
-                                       [--reuse] [--threads N] [-- CLI args]
+                                       [--reuse] [--threads N] [--out DIR] [-- CLI args]
 
-Predictions (test and validation split) are kept under benchmarks/out/anomaly/, so --reuse
+Predictions (test and validation split) are kept under --out (default benchmarks/out/anomaly/), so --reuse
 recomputes the table from them without training again.
 """
 

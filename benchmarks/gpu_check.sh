@@ -104,7 +104,7 @@ part c_trainer_overhead "$(limit "${LIMITS[0]}" 250)" $PY benchmarks/trainer_ove
 part d_throughput "$(limit "${LIMITS[1]}" 200)" $PY benchmarks/gpu_throughput.py --accelerator $ACC --models cnn \
   --precisions $PRECISIONS $STEPS
 
-# b. time to accuracy: the main job (config as shipped, 10 epochs, progress bar on) and the plain loop
+# b. time to accuracy: the main job (config as shipped, 11 epochs, progress bar on) and the plain loop
 part b_time_to_accuracy "$(limit "${LIMITS[2]}" 90)" $PY benchmarks/time_to_accuracy.py $TTA --out "$OUT/tta" \
   -- $TTA_ARGS
 # the progress bars' lines (carriage returns) out of the copy kept in $OUT

@@ -17,12 +17,14 @@ per memory format (ImageClassifier itself runs in channels-last).
 
 Prints a markdown table: wall and CPU seconds to first reach 99.0 / 99.3 / 99.4 / 99.5% test accuracy
 (blank if never), wall seconds to the end of fit, and the final test accuracy, for each seed, their
-mean and the reference; then the machine, torch threads, the date and this command line. On a GPU
-the first seed also pays CUDA's first-use costs (kernel loading, cuDNN heuristics).
+mean, each seed of `--previous-config` (another recipe run the same way, its seeds interleaved with
+the main job's; `--epochs` and `--max-train-samples` apply to it too) and the reference; then the
+machine, torch threads, the date and this command line. On a GPU the first seed also pays CUDA's
+first-use costs (kernel loading, cuDNN heuristics).
 
     python benchmarks/time_to_accuracy.py [--seeds 0 1 2] [--epochs N] [--reference-epochs 3]
         [--reference-formats contiguous channels_last] [--threads T] [--max-train-samples N]
-        [--out DIR] [-- more train.py options]
+        [--out DIR] [--previous-config CONFIG [--previous-seeds 0]] [-- more train.py options]
 
 e.g. on a GPU: `... --seeds 0 -- --config=configs/trainer/gpu_amp.yaml --trainer.precision=32-true`.
 A quick check: `--seeds 0 --epochs 1 --reference-epochs 1 --max-train-samples 2000 --

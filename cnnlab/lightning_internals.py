@@ -1,4 +1,5 @@
-"""The one place where cnnlab touches LightningCLI's private methods and attributes, and why.
+"""The one place where cnnlab touches Lightning's private members (LightningCLI's, and
+TQDMProgressBar's `_should_update`), and why.
 
 Tested with lightning 2.6.6 (the versions pyproject.toml admits are those the test suite has passed on;
 see docs/design.md). Each override is written so that a Lightning without the private method it
@@ -63,8 +64,8 @@ class TimedProgressBar(TQDMProgressBar):
     `refresh_rate` batches and each redraw reads the logged metrics (the training loss beside the bar)
     back from the device: on a GPU with a short step, a redraw every step made the host wait for the
     GPU every step. Here the counter is redrawn at most every `min_interval` seconds (and at an epoch's
-    end), which reads nothing from the device, and the metrics beside it only on the steps whose
-    values the loggers write (every `log_every_n_steps`), which read them back anyway. Overrides
+    end), which reads nothing from the device, and the whole bar with the metrics beside it on every
+    step whose values the loggers write (every `log_every_n_steps`), which read them back anyway. Overrides
     TQDMProgressBar's private `_should_update` (lightning 2.x), the test its batch hooks make."""
 
     def __init__(self, min_interval: float = 0.5) -> None:
@@ -85,11 +86,13 @@ class TimedProgressBar(TQDMProgressBar):
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         bar, n = self.train_progress_bar, batch_idx + 1
-        if bar is None or not self._should_update(n, bar.total):
+        if bar is None or not self.is_enabled:
+            return
+        logging_step = trainer.global_step % max(1, trainer.log_every_n_steps) == 0 or trainer.is_last_batch
+        if not (self._should_update(n, bar.total) or logging_step):
             return
         if not bar.disable:
             bar.n = n
-            logging_step = trainer.global_step % max(1, trainer.log_every_n_steps) == 0 or trainer.is_last_batch
             if logging_step:
                 bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             bar.refresh()

@@ -1,6 +1,6 @@
 """MNIST handwritten digits (28x28 grey, 10 classes), read through torchvision once and held as uint8.
 
-Augmentation: small random rotations and translations, batched on the device. Never a flip:
+Augmentation: random rotations, translations and size changes, batched on the device. Never a flip:
 a mirrored 2, 6 or 7 is not a digit. `binarize` gives the literature's dynamically binarised MNIST.
 """
 

@@ -1,6 +1,7 @@
 """AutoEncoder: a convolutional encoder to a latent code and a decoder back (networks/autoencoder.py),
 trained on the reconstruction error of each image; its anomaly scores are that error, the code's
-distance to the codes of (normal) validation images, and the two combined (latent_scores.py)."""
+distance to the codes of (normal) validation images, the two combined, and the k-NN distance to the
+codes of the normal training images (latent_scores.py, nearest_neighbours.py)."""
 
 from typing import Literal
 

@@ -123,7 +123,7 @@ class GeoTrans(CnnlabModule):
         backbone: The classifier (networks/classifiers.py) that tells the K transformations apart:
             plain, cnn, resnet, lenet5 or alexnet (a backbone with `features`, whose output are the
             k-NN features, and a `head`). plain (three conv stages) scored better than cnn (the
-            SmallCNN, one more conv) at half its cost (docs/anomaly.md).
+            SmallCNN, one more conv) at 0.63x its CPU time (docs/anomaly.md).
         width: The backbone's width; None keeps its default.
         flip: Include horizontal flips (doubles K).
         translations: none, cross (x5) or grid (x9).

@@ -33,8 +33,8 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 class VAE(AutoEncoder):
     """A convolutional variational autoencoder with a standard normal prior. It takes the AutoEncoder's
-    arguments too (image_shape, latent_dim, channels, upsample, reconstruction_loss, optimizer,
-    lr_scheduler); with mse the decoder is a Gaussian of fixed std `gaussian_std`.
+    arguments too (image_shape, latent_dim, channels, upsample, reconstruction_loss, knn_k, knn_metric,
+    optimizer, lr_scheduler); with mse the decoder is a Gaussian of fixed std `gaussian_std`.
 
     Args:
         beta: Weight of the KL term in the training loss (beta-VAE, Higgins et al. 2017); 1 is the ELBO.

@@ -318,3 +318,22 @@ def test_the_progress_bar_reads_metrics_only_on_logging_steps(run_cli, tiny_args
     assert len(counts) >= 25  # 500 training images: 25 batches, each redrawn
     steps = [step for step, last in reads if not last]
     assert steps and all(step % 5 == 0 for step in steps), reads  # the logging steps 5, 10, ... only
+
+
+def test_the_progress_bar_shows_every_logging_steps_metrics_even_between_its_redraws(run_cli, tiny_args, monkeypatch):
+    # With the clock never due (steps far shorter than its interval), the logging steps still redraw.
+    from cnnlab.lightning_internals import TimedProgressBar
+
+    reads = []
+    original_metrics = TimedProgressBar.get_metrics
+
+    def get_metrics(self, trainer, pl_module):
+        if trainer.training:
+            reads.append(trainer.global_step)
+        return original_metrics(self, trainer, pl_module)
+
+    monkeypatch.setattr(TimedProgressBar, "get_metrics", get_metrics)
+    monkeypatch.setattr(TimedProgressBar, "_should_update", lambda self, current, total: False)
+    args = [*tiny_args, "--data.batch_size=20", "--trainer.log_every_n_steps=5", "--trainer.enable_progress_bar=true"]
+    run_cli("fit", args)
+    assert {5, 10, 15, 20} <= set(reads), reads
