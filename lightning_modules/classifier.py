@@ -46,7 +46,7 @@ class ImageClassifier(CnnlabModule):
         keep_loadable_hparams(self)
         self.net = build_backbone(backbone, image_shape, num_classes, width, dropout)
         # NHWC is what oneDNN (CPU) and tensor cores (GPU) convolve fastest: the SmallCNN trains in about
-        # 0.75x the CPU time of NCHW on the same recipe (benchmarks/README.md, time to accuracy).
+        # 0.8x the time of NCHW on 2 CPU cores (benchmarks/README.md, Seeds per hour: the plain reference).
         self.to(memory_format=torch.channels_last)
         for stage in ("val", "test"):
             # validate_args off: its per-batch input checks cost ~2% of a small CNN's CPU step.
