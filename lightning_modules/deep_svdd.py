@@ -180,6 +180,22 @@ class DeepSVDD(AutoEncoder):
         return {"loss": getattr(self, f"{stage}_loss"), "reconstruction": getattr(self, f"{stage}_reconstruction")}
 
     @override
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        epochs = self.trainer.max_epochs
+        if (
+            self.pretraining
+            and not self.trainer.fast_dev_run
+            and epochs is not None
+            and 0 <= epochs <= self.pretrain_epochs
+        ):
+            raise CnnlabError(
+                f"DeepSVDD pretrains as an AutoEncoder for pretrain_epochs {self.pretrain_epochs}, and this run ends "
+                f"after {epochs} epochs, so it would never train its one-class objective (no centre, no distance "
+                "score). Give more epochs than pretrain_epochs (--trainer.max_epochs) or fewer pretraining epochs."
+            )
+
+    @override
     def on_train_epoch_start(self) -> None:
         if self.pretraining and self.current_epoch >= self.pretrain_epochs:
             self.set_centre()

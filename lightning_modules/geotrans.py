@@ -132,7 +132,7 @@ class GeoTrans(CnnlabModule):
         pad: Pixels of border added before transforming (MNIST 28 -> 32).
         knn_k: Neighbours of the `knn` score (0: no such score).
         pixel_knn_k: Neighbours of the `pixel_knn` score (0: no such score).
-        pixel_blur: Standard deviation in pixels of the Gaussian blur before pixel_knn.
+        pixel_blur: Standard deviation in pixels of the Gaussian blur before pixel_knn (0: none).
         combine: Scores summed, standardised, into `combined` (from loss, dirichlet, knn, pixel_knn).
         optimizer: Optimizer factory (class_path + init_args in YAML).
         lr_scheduler: Scheduler factory; OneCycleLR gets total_steps from the trainer.
@@ -166,6 +166,15 @@ class GeoTrans(CnnlabModule):
                 f"GeoTrans rotates by 90 degrees, which needs square images, but these are {image_shape[1]}x"
                 f"{image_shape[2]}. Use --model.rotations 2 (0 and 180 degrees) or 1."
             )
+        side = min(image_shape[1], image_shape[2]) + 2 * pad
+        if translations != "none" and shift >= side:
+            raise CnnlabError(
+                f"GeoTrans: a shift of {shift} pixels moves a {side}-pixel image (padding included) out of its frame "
+                "entirely, so the transformations cannot be told apart. Use a shift well below the image size "
+                "(the configs use 4 on MNIST's 28 + 2 x 2)."
+            )
+        if pixel_blur < 0:
+            raise CnnlabError(f"GeoTrans: pixel_blur is {pixel_blur}; it is a standard deviation in pixels, 0 or more.")
         k = len(self.transformations)
         self.num_transformations = k
         if backbone == "mlp":
@@ -216,6 +225,8 @@ class GeoTrans(CnnlabModule):
         return self.net.input_layer()
 
     def blurred_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pixel_blur == 0:
+            return images.float().flatten(1)
         size = 2 * int(3 * self.pixel_blur + 0.5) + 1
         return gaussian_blur(images.float(), [size, size], [self.pixel_blur, self.pixel_blur]).flatten(1)
 

@@ -244,3 +244,35 @@ def test_geotrans_learns_the_transformations_and_separates_the_normal_class(run_
     model = GeoTrans.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
     assert not torch.equal(model.dirichlet_weights, torch.eye(20))
     assert model.neighbours.fitted and model.pixel_neighbours.fitted
+
+
+# -- settings that cannot work are refused in one paragraph -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "extra", "message"),
+    [
+        ("mnist_anomaly_deep_svdd", ["--model.pretrain_epochs=3", "--trainer.max_epochs=3"], "would never train"),
+        ("mnist_anomaly", ["--model.shift=40"], "out of its frame"),
+        ("mnist_anomaly", ["--model.pixel_blur=-1"], "pixel_blur is -1.0"),
+    ],
+)
+def test_anomaly_settings_that_cannot_work_are_one_paragraph_and_exit_2(
+    run_cli, mnist_root, tmp_path, capsys, config, extra, message
+):
+    args = anomaly_args(config, mnist_root, tmp_path, "--data.batch_size=16", *extra)
+    with pytest.raises(SystemExit) as stop:
+        run_cli("fit", args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    # nothing trained: no checkpoint anywhere under the runs folder
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_geotrans_pixel_knn_without_blur_is_the_plain_pixel_distance():
+    from lightning_modules import GeoTrans
+
+    model = GeoTrans(image_shape=(1, 28, 28), pixel_knn_k=1, pixel_blur=0.0, knn_k=0, combine=["dirichlet"])
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.blurred_pixels(images), images.flatten(1))
