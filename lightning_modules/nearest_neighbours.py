@@ -66,7 +66,9 @@ class NearestNeighbours(nn.Module):
     def distance(self, codes: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """Mean distance of each code [B, D] to its k nearest bank codes, float32 [B] (in chunks, so
         memory stays at chunk x N)."""
-        bank = self.bank.to(codes.device)
+        if self.bank.device != codes.device:  # once: the bank is extra state, which Module.to leaves behind
+            self.bank = self.bank.to(codes.device)
+        bank = self.bank
         out = []
         for part in self._prepare(codes.detach().float()).split(chunk):
             if self.metric == "cosine":
