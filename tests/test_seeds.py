@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, summary_of
 from scipy import stats as sps
+from seed_faults import THREADS_PROBE_ENV
 
 from cnnlab.environment import FIGURES_ENV, WANDB_GROUP_ENV, WANDB_JOB_TYPE_ENV, WANDB_TAGS_ENV
 from cnnlab.errors import CnnlabError
@@ -538,6 +539,96 @@ def test_a_bad_override_stops_the_sweep_instead_of_failing_every_seed(mnist_root
     assert final[0].status == final[1].status == "finished"
 
 
+@pytest.fixture(scope="module")
+def two_kinds(tmp_path_factory, mnist_root):
+    """Two real sweeps of 2 seeds under OMP_NUM_THREADS=1, each seed's torch threads written down by
+    ThreadProbe: 'cnn', the classifier, with the default thread count; 'anomaly', the AutoEncoder
+    anomaly detector (normal digit 0), with --threads 3."""
+    root = tmp_path_factory.mktemp("kinds")
+    probe = root / "threads.jsonl"
+    common = ["--seeds=0-1", "--jobs=1", "--figures=none", f"--root={root}", *tiny(mnist_root)]
+    common.append("--trainer.callbacks+=seed_faults.ThreadProbe")
+    anomaly = ["--config", str(ROOT / "configs" / "mnist_anomaly_ae.yaml"), "--config", CSV]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        patch.setenv(THREADS_PROBE_ENV, str(probe))
+        codes = {
+            "cnn": main(["run", *CONFIGS, "--name=cnn", *common]),
+            "anomaly": main(["run", *anomaly, "--name=anomaly", "--threads=3", *common]),
+        }
+    threads = [json.loads(line) for line in probe.read_text().splitlines()]
+    return {"root": root, "codes": codes, "threads": threads, "records": {n: records(root / n) for n in codes}}
+
+
+@pytest.mark.slow
+def test_seed_workers_run_omp_num_threads_torch_threads_and_threads_overrides_it(two_kinds):
+    """torch.get_num_threads() inside each seed's fit and test (ThreadProbe). Before the fix a worker
+    ran cores / jobs threads (2 on the 2-core machine) under OMP_NUM_THREADS=1; on a 1-core machine
+    the first sweep cannot tell the two apart, the --threads one still can."""
+    assert two_kinds["codes"] == {"cnn": 0, "anomaly": 0}
+    seen = [(s["seed"], s["stage"], s["threads"], s["omp"]) for s in two_kinds["threads"]]
+    assert seen == [
+        *[(seed, stage, 1, "1") for seed in (0, 1) for stage in ("fit", "test")],
+        # --threads wins over OMP_NUM_THREADS, and what the worker starts (DDP ranks) is told the same
+        *[(seed, stage, 3, "3") for seed in (0, 1) for stage in ("fit", "test")],
+    ]
+
+
+@pytest.mark.slow
+def test_report_shows_an_anomaly_models_auroc_without_being_asked(two_kinds, capsys):
+    root, finished = two_kinds["root"], two_kinds["records"]["anomaly"]
+    assert main(["report", "anomaly", "--root", str(root), "--wandb", "off"]) == 0
+    rows = {r["metric"]: r for r in _csv(root / "anomaly" / "report" / "statistics.csv")}
+    auroc = np.array([finished[seed].metrics["test/auroc"] for seed in (0, 1)])
+    assert int(rows["test/auroc"]["n"]) == 2
+    assert float(rows["test/auroc"]["mean"]) == pytest.approx(auroc.mean(), abs=1e-12)
+    out = capsys.readouterr().out
+    assert "Primary metric (the model's own measure of success, its anomaly score's AUROC): `test/auroc`" in out
+    assert "--data.max_train_samples=100 " in out  # the overrides with their values, not their names only
+    # the classifier's report is what it was: its primary metric, test/acc, is among the defaults
+    assert main(["report", "cnn", "--root", str(root), "--wandb", "off"]) == 0
+    rows = _csv(root / "cnn" / "report" / "statistics.csv")
+    assert [r["metric"] for r in rows] == ["val/loss", "val/acc", "test/loss", "test/acc"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", [("cnn", "anomaly"), ("anomaly", "cnn")])
+def test_compare_of_a_classifier_and_an_anomaly_sweep_is_refused_naming_what_they_share(two_kinds, order, capsys):
+    """Both sweeps log test/loss, of two different models; the default used to compare those."""
+    root = two_kinds["root"]
+    assert main(["compare", *order, "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    primary = "test/acc" if order[0] == "cnn" else "test/auroc"
+    own = {"cnn": "cnn: test/acc", "anomaly": "anomaly: test/auroc"}
+    assert f"compare decides on {primary} (by default the primary metric of the first sweep, {order[0]})" in err
+    assert f"but {order[1]} has no finished seed with it" in err
+    assert f"Each sweep's primary metric: {own[order[0]]}; {own[order[1]]};" in err
+    assert "The metrics both sweeps share: test/loss, val/loss." in err
+    assert "Traceback" not in err
+    out = root / "comparisons" / "--".join(order)
+    assert not out.exists()  # refused before anything was written
+    # the way out the paragraph names: a shared metric, given on purpose
+    assert main(["compare", *order, "--root", str(root), "--metric", "test/loss"]) == 0
+    (row,) = _csv(out / "comparison.csv")
+    assert row["metric"] == "test/loss"
+
+
+@pytest.mark.parametrize(
+    ("omp", "flag", "said"),
+    [
+        ("two", [], "OMP_NUM_THREADS is 'two'"),
+        ("0", [], "OMP_NUM_THREADS is '0'"),
+        ("1", ["--threads=0"], "--threads is 0"),
+    ],
+)
+def test_a_thread_count_that_is_not_one_or_more_is_one_paragraph(omp, flag, said, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert main(["run", "--config", CLASSIFIER, "--seeds=0", "--name=t", f"--root={tmp_path}", *flag]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+    assert not (tmp_path / "t" / "registry.sqlite").exists()  # refused before a worker or a record
+
+
 def test_a_changed_sweep_is_refused_rather_than_mixed(tmp_path, capsys):
     with Registry(tmp_path / "cnn") as registry:
         registry.set_meta(name="cnn", identity={"configs": [], "overrides": {"data.augment": True}})
@@ -583,17 +674,45 @@ def test_one_seed_for_wandb_agents_logs_group_job_type_tags_seed_and_commit(
     assert b"git_commit" in record and summary["git_commit"].encode() in record
 
 
+def agent_command(sweep: dict, seed: int) -> list[str]:
+    """The command `wandb agent` runs for one job of a sweep config, rendered by wandb's own code
+    (wandb/wandb_agent.py, Agent._command_run), the interpreter being this one."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    values = sweep_utils.create_sweep_command_args({"args": {"seed_everything": {"value": seed}}})
+    values |= {"env": ["/usr/bin/env"], "interpreter": [sys.executable], "program": [sweep["program"]]}
+    command = []
+    for chunk in sweep_utils.create_sweep_command(list(sweep["command"])):
+        command += (values.get(chunk[2:-1]) or []) if chunk.startswith("${") else [chunk]
+    return command
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["seeds.yaml", "seeds_noaug.yaml"])
-def test_wandb_sweep_configs_run_one_seed_of_an_experiment_per_agent_job(name):
+def test_wandb_sweep_configs_run_one_seed_of_an_experiment_per_agent_job(name, mnist_root, tmp_path, monkeypatch):
+    """One agent job of each shipped W&B sweep, run as the agent runs it (W&B offline, no credentials;
+    tiny data and the runs' folder appended): one run of the grid's seed in the sweep's experiment, fit
+    and test of its best checkpoint, grouped by the sweep's name, with the sweep's own overrides."""
     import yaml
 
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
     sweep = yaml.safe_load((ROOT / "configs" / "sweeps" / name).read_text())
-    assert sweep["parameters"]["seed_everything"]["values"] == list(range(100))
-    command = sweep["command"]
-    assert command[2:5] == ["-m", "cnnlab.seeds", "one"] and command[-1] == "${args}"
-    config = next(c.split("=", 1)[1] for c in command if c.startswith("--config="))
-    assert (ROOT / config).is_file()
-    assert f"--experiment={sweep['name']}" in command
+    seed = sweep["parameters"]["seed_everything"]["values"][-1]
+    command = [*agent_command(sweep, seed), *tiny(mnist_root), f"--trainer.default_root_dir={tmp_path}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [p for p in tmp_path.glob("*/*") if p.is_dir()]
+    assert [(r.parent.name, r.name.rsplit("-", 1)[-1]) for r in runs] == [(sweep["name"], f"seed{seed}")]
+    summary = summary_of(runs[0])
+    assert (summary["seed"], summary["status"]) == (seed, "finished")
+    assert "test/acc" in evaluation_of_best(summary)["metrics"]  # the best checkpoint was tested
+    assert summary["config"]["trainer"]["logger"]["init_args"]["group"] == sweep["name"]
+    assert list(runs[0].glob("wandb/offline-run-*"))
+    augment = summary["config"]["data"]["init_args"]["augment"]
+    assert augment is (name != "seeds_noaug.yaml")  # the sweep's own override reached the run
 
 
 def test_one_seed_without_an_explicit_seed_is_refused(capsys):

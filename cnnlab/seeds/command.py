@@ -52,7 +52,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=1, help="worker processes running seeds at once (default 1)")
     run.add_argument("--root", default=RUNS_ROOT, help=f"where sweeps live (default {RUNS_ROOT}/)")
     run.add_argument("--timeout", type=float, help="seconds one seed may take before its worker is replaced")
-    run.add_argument("--threads", type=int, help="torch threads per worker (default: CPU cores / jobs)")
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per worker (default: OMP_NUM_THREADS where set, else CPU cores / jobs)",
+    )
     run.add_argument("--gpus", help="GPU ids to share out round-robin, e.g. 0,1 (default: all visible; 'none': CPU)")
     run.add_argument("--tag", action="append", default=[], help="extra W&B tag (repeatable)")
     run.add_argument("--job-type", default="seed", help="W&B job_type of the seed runs (default seed)")
@@ -72,7 +76,10 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("name", help="sweep name (or its directory)")
     report.add_argument("--root", default=RUNS_ROOT)
     report.add_argument("--out", help="output folder (default <root>/<name>/report/)")
-    report.add_argument("--metrics", help="comma-separated metrics (default: final val/test loss and accuracy)")
+    report.add_argument(
+        "--metrics",
+        help="comma-separated metrics (default: final val/test loss and accuracy, and the model's primary metric)",
+    )
     report.add_argument(
         "--wandb",
         choices=("auto", "on", "off"),
@@ -87,7 +94,10 @@ def parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("names", nargs="+", help="sweeps; the first is the baseline the others are compared to")
     compare.add_argument("--root", default=RUNS_ROOT)
-    compare.add_argument("--metric", help="metric to decide on (default test/acc where present)")
+    compare.add_argument(
+        "--metric",
+        help="metric to decide on (default: the first sweep's primary metric, e.g. test/acc or test/auroc)",
+    )
     compare.add_argument("--paired", action="store_true", help="pair runs by seed (both sweeps over the same seeds)")
     compare.add_argument("--out", help="output folder (default <root>/comparisons/<a>--<b>/)")
 

@@ -8,17 +8,54 @@ from pathlib import Path
 
 from cnnlab.errors import CnnlabError
 from cnnlab.seeds import stats
-from cnnlab.seeds.report import SweepResults, distribution_figure, fmt, lower_is_better, metrics_to_report, write_csv
+from cnnlab.seeds.report import (
+    SweepResults,
+    distribution_figure,
+    fmt,
+    lower_is_better,
+    metrics_to_report,
+    primary_metric,
+    write_csv,
+)
+
+FALLBACK_METRICS = ("test/acc", "test/loss", "val/acc", "val/loss")  # where a sweep's records name no primary
 
 
 def pick_metric(sweeps: list[SweepResults], metric: str | None) -> str:
+    """`metric`, or the first sweep's primary metric (test/acc of a classifier, test/auroc of an anomaly
+    model): refused, naming the metrics the sweeps share, where a sweep lacks it. A default that fell
+    back to any metric both sides happen to have would compare, say, the test/loss of a classifier with
+    that of an autoencoder: two numbers that measure different things."""
+    for sweep in sweeps:
+        metrics_to_report([sweep])  # a sweep with no finished seed is explained as such
     if metric:
-        return metrics_to_report(sweeps, [metric])[0]
-    available = metrics_to_report(sweeps)
-    for preferred in ("test/acc", "test/loss", "val/acc", "val/loss"):
-        if preferred in available:
-            return preferred
-    return available[0]
+        chosen, why = metric, "--metric"
+    else:
+        base = sweeps[0]
+        chosen = primary_metric(base) or next((m for m in FALLBACK_METRICS if m in base.metric_names), None)
+        if chosen is None:
+            chosen = sorted(m for m in base.metric_names if m.startswith(("val/", "test/")))[0]
+        why = f"by default the primary metric of the first sweep, {base.name}"
+    lacking = [s for s in sweeps if chosen not in s.metric_names]
+    if lacking:
+        raise CnnlabError(refusal(sweeps, chosen, why, lacking))
+    return chosen
+
+
+def refusal(sweeps: list[SweepResults], metric: str, why: str, lacking: list[SweepResults]) -> str:
+    """One paragraph: which sweep lacks the metric, what each one measures, what they share."""
+    shared = sorted(set.intersection(*(s.metric_names for s in sweeps)))
+    shared = [m for m in shared if m.startswith(("val/", "test/"))] or shared
+    own = "; ".join(f"{s.name}: {primary_metric(s) or 'not recorded'}" for s in sweeps)
+    every = "both" if len(sweeps) == 2 else f"all {len(sweeps)}"
+    return (
+        f"compare decides on {metric} ({why}), but {', '.join(s.name for s in lacking)} "
+        f"{'has' if len(lacking) == 1 else 'have'} no finished seed with it, so there is nothing to compare it "
+        f"with. Each sweep's primary metric: {own}; sweeps whose primary metrics differ are different kinds of "
+        f"model, and a metric they merely share (such as test/loss) measures different things on each side. "
+        f"The metrics {every} sweeps share: {', '.join(shared) or 'none'}. Compare sweeps of the same kind of "
+        "model, or give --metric with one of the shared metrics where it means the same on every side."
+    )
 
 
 def paired_values(a: SweepResults, b: SweepResults, metric: str):

@@ -18,7 +18,7 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 from cnnlab.records import read_summary, update_summary
 from cnnlab.run_dir import RUNS_ROOT
-from cnnlab.seeds.pool import Worker, available_cpus, detect_gpus, device_of
+from cnnlab.seeds.pool import Worker, detect_gpus, device_of, threads_per_worker
 from cnnlab.seeds.progress import Progress
 from cnnlab.seeds.registry import Registry, SeedRecord, is_complete, outcome_of
 from cnnlab.seeds.sweep import Sweep
@@ -60,7 +60,7 @@ class Launcher:
         self.stream = stream or sys.stderr
         self.workers: list[Worker] = []
         self.queue: list[int] = []
-        self.threads = sweep.threads or max(1, available_cpus() // sweep.jobs)
+        self.threads = threads_per_worker(sweep.threads, sweep.jobs)
         self.gpus = sweep.gpus if sweep.gpus is not None else detect_gpus()
         self.session = {"finished": 0, "failed": 0, "errors": [], "first_dispatch": None}
         self.start_failures = 0

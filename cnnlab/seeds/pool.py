@@ -13,12 +13,33 @@ import time
 from pathlib import Path
 
 from cnnlab.environment import SPAWNED_AT_ENV
+from cnnlab.errors import CnnlabError
 
 
 def available_cpus() -> int:
     with contextlib.suppress(AttributeError):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def threads_per_worker(threads: int | None, jobs: int) -> int:
+    """Torch threads of each worker: `--threads`, else OMP_NUM_THREADS where set (per process, as it
+    means for any OpenMP program: a user who set it to 1 on a shared machine gets 1), else the cores
+    shared out. Read here because each worker is started with OMP_NUM_THREADS set to the choice (so
+    what it starts, DDP ranks, agrees): a user's value not read here is overwritten and lost."""
+    if threads is not None:
+        return threads
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not omp:
+        return max(1, available_cpus() // jobs)
+    first = omp.split(",")[0].strip()  # "4,2": nested levels; torch's own threads are the first
+    if not first.isdigit() or int(first) < 1:
+        raise CnnlabError(
+            f"OMP_NUM_THREADS is {omp!r}, which is not a number of threads; cnnlab-seeds gives each worker that "
+            "many torch threads when it is set. Set it to a positive integer (e.g. OMP_NUM_THREADS=1), unset "
+            "it, or give --threads N."
+        )
+    return int(first)
 
 
 def detect_gpus() -> list[str]:

@@ -5,7 +5,9 @@ summary table when online. Results can also be read from the W&B API by group.
 """
 
 import csv
+import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from cnnlab.seeds import stats
 from cnnlab.seeds.registry import REGISTRY, Registry, SeedRecord
 
 DEFAULT_METRICS = ("val/loss", "val/acc", "test/loss", "test/acc")
+ANOMALY_METRIC = "test/auroc"  # LossHistogram logs the anomaly model's primary score's AUROC under this name
 MAX_BINS = 40
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
@@ -32,6 +35,11 @@ class SweepResults:
     @property
     def finished(self) -> list[SeedRecord]:
         return [r for r in self.records if r.status == "finished"]
+
+    @property
+    def metric_names(self) -> set[str]:
+        """Every metric some finished seed recorded."""
+        return set().union(*(r.metrics for r in self.finished)) if self.finished else set()
 
     def values(self, metric: str) -> tuple[list[int], np.ndarray]:
         """Seeds and values of a metric over the finished seeds that have a finite value of it."""
@@ -125,9 +133,45 @@ def load_from_wandb(project: str, group: str, api=None) -> SweepResults:
     return SweepResults(group, [by_seed[s] for s in sorted(by_seed)], f"wandb:{project}/{group}")
 
 
+def primary_metric(results: SweepResults) -> str | None:
+    """The model's own measure of success in a sweep, on test: an anomaly model's `test/auroc`, else
+    the test counterpart of the checkpoint monitor (a classifier's test/acc, a UNet's test/psnr or
+    test/miou, an autoencoder's test/loss); None where the records say neither.
+
+    Read from the seeds' records (summary.json and its test record, or the W&B runs), not from the
+    model class: the report imports no model and may read runs of other machines; the class's
+    `primary_score` names a score ('combined'), not a metric, and becomes one only where LossHistogram
+    ran on a split with normal classes, which is exactly when a record holds `test/auroc` (by the
+    protocol, the primary score's AUROC). The monitor is what the run chose its best weights by, so it
+    is the model's measure for every other model; for anomaly models it is val/loss (validation holds
+    normal images only: no AUROC there), which is why test/auroc is looked for first."""
+    have = results.metric_names
+    if ANOMALY_METRIC in have:
+        return ANOMALY_METRIC
+    monitors = Counter(r.monitor for r in results.finished if r.monitor)
+    if not monitors:
+        return None
+    monitor = monitors.most_common(1)[0][0]
+    on_test = "test/" + monitor.split("/", 1)[-1]
+    for candidate in (on_test, monitor):
+        if candidate in have:
+            return candidate
+    return None
+
+
+def primary_metrics(results: SweepResults) -> list[str]:
+    """A sweep's primary metric with its validation counterpart where recorded (val/acc, test/acc)."""
+    primary = primary_metric(results)
+    if primary is None:
+        return []
+    on_val = "val/" + primary.split("/", 1)[-1]
+    return [m for m in dict.fromkeys((on_val, primary)) if m in results.metric_names]
+
+
 def metrics_to_report(results: list[SweepResults], requested: list[str] | None = None) -> list[str]:
-    """The requested metrics, or the final val/test loss and accuracy that the sweeps have."""
-    have = [set().union(*(r.metrics for r in res.finished)) if res.finished else set() for res in results]
+    """The requested metrics, or the final val/test loss and accuracy that the sweeps have and each
+    sweep's primary metric (an anomaly model's test/auroc, a UNet's test/psnr: primary_metric)."""
+    have = [res.metric_names for res in results]
     common = set.intersection(*have) if have else set()
     if requested:
         missing = [m for m in requested if m not in common]
@@ -138,6 +182,8 @@ def metrics_to_report(results: list[SweepResults], requested: list[str] | None =
             )
         return list(requested)
     chosen = [m for m in DEFAULT_METRICS if m in common]
+    for res in results:
+        chosen += [m for m in primary_metrics(res) if m in common and m not in chosen]
     if not chosen:
         chosen = sorted(m for m in common if m.startswith(("val/", "test/")))
     if not chosen:
@@ -265,7 +311,9 @@ def markdown(results: SweepResults, metrics: list[str], rows: list[dict], figure
     identity = results.meta.get("identity") or {}
     if identity:
         configs = ", ".join(f"`{c['path']}`" for c in identity.get("configs", []))
-        overrides = " ".join(identity.get("overrides") or []) or "none"
+        given = identity.get("overrides") or {}  # {setting: value} (sweep.py's override_values)
+        shown = [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in given.items()]
+        overrides = " ".join(shown) or "none"
         lines.append(f"Config: {configs}; overrides: `{overrides}`.")
     data_seeds = sorted({r.data_seed for r in results.finished if r.data_seed is not None})
     commits = sorted({r.git_commit for r in results.finished if r.git_commit})
@@ -274,6 +322,10 @@ def markdown(results: SweepResults, metrics: list[str], rows: list[dict], figure
     if commits:
         lines.append(f"Git commit: {', '.join(c[:12] for c in commits)}.")
     lines.append(f"Source: `{results.source}`.")
+    primary = primary_metric(results)
+    if primary is not None:
+        how = "its anomaly score's AUROC" if primary == ANOMALY_METRIC else "the checkpoint monitor's metric"
+        lines.append(f"Primary metric (the model's own measure of success, {how}): `{primary}`.")
     lines += [
         "",
         "| metric | n | mean | std | median | 95% CI of the mean | min (seed) | max (seed) |",

@@ -56,6 +56,11 @@ class Sweep:
             )
         if self.jobs < 1:
             raise CnnlabError(f"--jobs is {self.jobs}; give at least 1 worker process.")
+        if self.threads is not None and self.threads < 1:
+            raise CnnlabError(
+                f"--threads is {self.threads}; give at least 1 torch thread per worker, or leave it out "
+                "(OMP_NUM_THREADS where set, else the CPU cores shared out over --jobs)."
+            )
         if self.timeout is not None and self.timeout <= 0:
             raise CnnlabError(f"--timeout is {self.timeout}; give seconds per seed above 0, or leave it out.")
         if self.figures not in ("first", "all", "none"):
