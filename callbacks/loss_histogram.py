@@ -4,12 +4,13 @@ of normal vs anomalous samples, a threshold from the normal validation scores, A
 precision/recall/F1 at the threshold, the most typical and most anomalous samples, and a per-sample CSV.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from typing_extensions import override
 
@@ -55,9 +56,13 @@ def loader_order(loader: DataLoader, who: str) -> list[int]:
     return [int(i) for i in sampler]
 
 
+UNDEFINED = float("nan")  # a metric the split cannot define, logged as such rather than left out
+
+
 def binary_report(scores: torch.Tensor, is_anomaly: torch.Tensor, threshold: float | None) -> dict[str, float]:
     """AUROC, AUPRC (average precision) and precision/recall/F1 of 'score > threshold', anomalies
-    as the positive class. Empty when the split has only one kind of sample."""
+    as the positive class. NaN (undefined) when the split has only one kind of sample: no ranking
+    of normal against anomalous samples exists, and a torchmetrics 0 would read as a result."""
     from torchmetrics.functional.classification import (
         binary_auroc,
         binary_average_precision,
@@ -67,8 +72,9 @@ def binary_report(scores: torch.Tensor, is_anomaly: torch.Tensor, threshold: flo
     )
 
     target = is_anomaly.long()
-    if target.min() == target.max():
-        return {}
+    if len(target) == 0 or target.min() == target.max():
+        keys = ("auroc", "auprc") + (("precision", "recall", "f1") if threshold is not None else ())
+        return dict.fromkeys(keys, UNDEFINED)
     # torchmetrics reads scores outside [0, 1] as logits and applies a sigmoid, which rounds large
     # losses to 1.0 in float32 and creates false ties; a min-max map in float64 keeps every order.
     s = scores.double()
@@ -96,8 +102,9 @@ class LossHistogram(FigureCallback):
     `percentile` of the normal validation scores (at test, those the model kept from its last
     validation: `reference_scores()`), and per score `<stage>/<score>_auroc`, `_auprc`, `_threshold`,
     `_precision`, `_recall`, `_f1` are logged, and the model's primary score again as `<stage>/auroc`,
-    `<stage>/auprc`, `<stage>/f1` (so they reach summary.json). Without normal classes the histogram
-    is drawn per class (or all together) and no AUROC is computed.
+    `<stage>/auprc`, `<stage>/f1` (so they reach summary.json). A test split with only normal (or
+    only anomalous) samples logs them as NaN, with one warning: AUROC is undefined there. Without
+    normal classes the histogram is drawn per class (or all together) and no AUROC is computed.
 
     Args:
         percentile: Threshold = this percentile of the normal validation scores.
@@ -147,6 +154,7 @@ class LossHistogram(FigureCallback):
         self._order: list[int] = []
         self._batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
         self._said_no_split = False
+        self._said_undefined = False
 
     # -- collecting ------------------------------------------------------------------------------
 
@@ -259,11 +267,17 @@ class LossHistogram(FigureCallback):
             for name, values in reference.items():
                 if len(values):
                     thresholds[name] = float(torch.quantile(values.double(), self.percentile / 100))
-            for name, values in split.scores.items():
-                report = binary_report(values, split.is_anomaly, thresholds.get(name))
-                if name in thresholds:
-                    report["threshold"] = thresholds[name]
-                metrics |= {f"{stage}/{name}_{key}": value for key, value in report.items()}
+            # Validation holds normal samples only, by design: it sets thresholds and claims no AUROC.
+            # A test split (or a validation one that has both kinds) always reports it, as NaN where the
+            # split cannot define it, so a missing number is never mistaken for a forgotten one.
+            both_kinds = bool(split.is_anomaly.any()) and not bool(split.is_anomaly.all())
+            if stage == "test" or both_kinds:
+                if not both_kinds:
+                    self._say_undefined(stage, split)
+                for name, values in split.scores.items():
+                    report = binary_report(values, split.is_anomaly, thresholds.get(name))
+                    metrics |= {f"{stage}/{name}_{key}": value for key, value in report.items()}
+            metrics |= {f"{stage}/{n}_threshold": value for n, value in thresholds.items() if n in split.scores}
             primary = self._primary(pl_module)
             metrics |= {
                 f"{stage}/{key}": metrics[f"{stage}/{primary}_{key}"]
@@ -283,6 +297,19 @@ class LossHistogram(FigureCallback):
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
         if self.draws(trainer):
             self._draw(trainer, stage, split, thresholds, metrics, anomaly_split, shown)
+
+    def _say_undefined(self, stage: str, split: SplitScores) -> None:
+        if self._said_undefined:
+            return
+        self._said_undefined = True
+        kind = "anomalous" if len(split.label) and bool(split.is_anomaly.all()) else "normal"
+        classes = sorted({int(c) for c in split.label.tolist()})
+        rank_zero_warn(
+            f"LossHistogram: AUROC is undefined: the {stage} split's {len(split.label)} samples are all {kind} "
+            f"(classes {classes}), and AUROC, AUPRC and precision/recall/F1 need both normal and anomalous "
+            f"samples. They are logged as NaN ({stage}/auroc and each score's). Test on a split that holds "
+            "both: more samples (data.max_eval_samples) or normal_classes that leave some classes out."
+        )
 
     def _draw(
         self, trainer: Trainer, stage: str, split: SplitScores, thresholds, metrics, anomaly_split, shown
@@ -362,10 +389,12 @@ def _histograms(callback: LossHistogram, split: SplitScores, thresholds, metrics
                 label=f"threshold {thresholds[name]:.3g}\n({callback.percentile:g}th pct of normal val)",
             )
         lines = [f"{stage}: {name} of {len(values)} samples"]
-        if f"{stage}/{name}_auroc" in metrics:
-            auroc, auprc = metrics[f"{stage}/{name}_auroc"], metrics[f"{stage}/{name}_auprc"]
-            lines.append(f"AUROC {auroc:.3f}, AUPRC {auprc:.3f}")
-        if f"{stage}/{name}_f1" in metrics:
+        auroc = metrics.get(f"{stage}/{name}_auroc")
+        if auroc is not None and math.isnan(auroc):
+            lines.append("AUROC undefined: the split has only one kind of sample")
+        elif auroc is not None:
+            lines.append(f"AUROC {auroc:.3f}, AUPRC {metrics[f'{stage}/{name}_auprc']:.3f}")
+        if auroc is not None and not math.isnan(auroc) and f"{stage}/{name}_f1" in metrics:
             p, r, f1 = (metrics[f"{stage}/{name}_{k}"] for k in ("precision", "recall", "f1"))
             lines[-1] += f"; at threshold P {p:.2f} R {r:.2f} F1 {f1:.2f}"
         if log_x:

@@ -9,10 +9,10 @@ from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.errors import CnnlabError
+from cnnlab.lightning_internals import UnrepeatedDistributedSampler
 from datamodules.noise import Noise, add_noise, fixed_noisy_copy
 
 Split = Literal["train", "val", "test"]
@@ -42,6 +42,34 @@ class InMemoryImages(Dataset):
 def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """collate_fn for `InMemoryImages`: the batch is already stacked."""
     return batch
+
+
+def check_normal_classes(normal_classes: list[int] | None, name: str, num_classes: int) -> None:
+    """Refuse normal classes an anomaly run cannot use: none at all (an empty list would quietly
+    train on every class), indices outside the dataset's, or every class (a test split without
+    anomalies, on which AUROC is undefined)."""
+    if normal_classes is None:
+        return
+    classes = f"{name} classes are 0..{num_classes - 1}"
+    if not normal_classes:
+        raise CnnlabError(
+            f"data.normal_classes is [], which names no normal class; an anomaly run trains on the normal "
+            f"classes only and calls the rest anomalies ({classes}). List the normal ones, e.g. [0] or [1, 7], "
+            "or set data.normal_classes null for a run on every class without an anomaly report."
+        )
+    bad = sorted({c for c in normal_classes if not 0 <= c < num_classes})
+    if bad:
+        raise CnnlabError(
+            f"data.normal_classes has {bad}, but {classes}. List the class indices that count as normal, "
+            "e.g. [0] or [1, 7]."
+        )
+    if len(set(normal_classes)) == num_classes:
+        raise CnnlabError(
+            f"data.normal_classes lists every {name} class (0..{num_classes - 1}), so no test sample is an "
+            "anomaly and the run could not be evaluated (AUROC needs normal and anomalous samples). Leave "
+            "the anomalous classes out of the list, e.g. [0] or [1, 7], or set data.normal_classes null for "
+            "a run on every class without an anomaly report."
+        )
 
 
 class ImageDataModule(LightningDataModule):
@@ -103,12 +131,7 @@ class ImageDataModule(LightningDataModule):
                 f"data.val_size is {val_size}, but validation needs at least one image (checkpoints "
                 "select on validation metrics). Set data.val_size to a positive count, e.g. 5000."
             )
-        bad = [c for c in normal_classes or [] if not 0 <= c < self.num_classes]
-        if bad:
-            raise CnnlabError(
-                f"data.normal_classes has {bad}, but {self.name} classes are 0..{self.num_classes - 1}. "
-                "List the class indices that count as normal, e.g. [0] or [1, 7]."
-            )
+        check_normal_classes(normal_classes, self.name, self.num_classes)
         if noise is not None and normalize:
             raise CnnlabError(
                 f"data.noise is {noise} with data.normalize true. A denoising run compares images in [0, 1] "
@@ -148,6 +171,18 @@ class ImageDataModule(LightningDataModule):
     def split_files(self, train: bool) -> str:
         """The files a split is read from, for error messages."""
         return str(self.data_dir)
+
+    def sources_needed(self) -> tuple[bool, ...]:
+        """The official splits this run reads, as `load_split`'s `train` flags, so that
+        `prepare_data` asks only for their files: fit and validate read the training split (train
+        and val are cut from it), test the test split, predict the split it predicts on. Without a
+        trainer (a DataModule used by hand) both."""
+        stage = self.trainer.state.fn if self.trainer is not None else None
+        if stage in ("fit", "validate"):
+            return (True,)
+        if stage == "test" or (stage == "predict" and self.predict_split == "test"):
+            return (False,)
+        return (True, False)
 
     def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
         """Augment a float batch in [0, 1] on its device (training batches only)."""

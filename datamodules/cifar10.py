@@ -1,16 +1,18 @@
-"""CIFAR-10 (32x32 colour, 10 classes), read through torchvision once (with its MD5 checks) and
-held as uint8.
+"""CIFAR-10 (32x32 colour, 10 classes), read once as torchvision reads it (its MD5 table, its pickled
+batches) and held as uint8; a split needs only its own files.
 
 Augmentation: random crop with 4-pixel zero padding and random horizontal flip, the standard
 CIFAR recipe (He et al. 2016), batched on the device as airbench does it.
 """
 
-import hashlib
+import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import check_integrity
 
 from cnnlab.errors import CnnlabError
 from datamodules.base import ImageDataModule
@@ -59,23 +61,44 @@ class CIFAR10DataModule(ImageDataModule):
         return Path(self.data_dir) / CIFAR10.base_folder
 
     def prepare_data(self) -> None:
-        files = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
-        if all((self.folder / name).is_file() for name in files):
+        sources = self.sources_needed()
+        missing = self._missing(sources)
+        if not missing:
             return
         if not self.download:
-            raise self._missing_error("download is off (data.download: false)")
+            raise self._missing_error(missing, "they could not be downloaded: download is off (data.download: false)")
         try:
-            CIFAR10(self.data_dir, train=True, download=True)
+            CIFAR10(self.data_dir, train=False, download=True)  # the whole archive; the test split is read back
         except (RuntimeError, OSError) as err:
-            raise self._missing_error(str(err).splitlines()[-1].strip() or type(err).__name__) from None
+            still = self._missing(sources)
+            if still:  # with every file there, load_split names the one that is corrupt
+                reason = str(err).splitlines()[-1].strip() if str(err).strip() else type(err).__name__
+                raise self._missing_error(still, f"they could not be downloaded: {reason}") from None
 
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            dataset = CIFAR10(self.data_dir, train=train, download=False)
-        except RuntimeError:
-            raise self._diagnose() from None
-        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
-        return images, torch.tensor(dataset.targets, dtype=torch.long)
+        # Read as torchvision's CIFAR10 does (its MD5 table, its pickle layout), but one split's files
+        # only: its class refuses to read either split unless every batch of both is there.
+        missing = self._missing((train,))
+        if missing:
+            raise self._missing_error(
+                missing, "they were not there when the split was read (prepare_data downloads them)"
+            )
+        images, labels = [], []
+        for name, md5 in CIFAR10.train_list if train else CIFAR10.test_list:
+            path = self.folder / name
+            try:
+                if not check_integrity(str(path), md5):
+                    raise ValueError(f"its MD5 is not that of CIFAR-10's {name}")
+                with open(path, "rb") as handle:
+                    entry = pickle.load(handle, encoding="latin1")
+                images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+            except (OSError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as err:
+                raise CnnlabError(
+                    f"{path} is corrupt or truncated ({err}). Delete {self.folder}/ and run again to download "
+                    "it, or replace the file with a good copy."
+                ) from None
+        return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
 
     def split_files(self, train: bool) -> str:
         names = [name for name, _ in (CIFAR10.train_list if train else CIFAR10.test_list)]
@@ -86,25 +109,21 @@ class CIFAR10DataModule(ImageDataModule):
             images = random_crop(images, self.crop_padding)
         return random_flip(images) if self.flip else images
 
-    def _diagnose(self) -> CnnlabError:
-        """torchvision said 'not found or corrupted': say which file, and which of the two."""
-        missing = []
-        for name, md5 in CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])]:
-            path = self.folder / name
-            if not path.is_file():
-                missing.append(name)
-            elif hashlib.md5(path.read_bytes()).hexdigest() != md5:
-                return CnnlabError(
-                    f"{path} is corrupt or truncated (its MD5 is not that of CIFAR-10's {name}). Delete "
-                    f"{self.folder}/ and run again to download it, or replace the file with a good copy."
-                )
-        return self._missing_error(f"missing {', '.join(missing)}")
+    def _missing(self, sources: tuple[bool, ...]) -> list[str]:
+        """The files of the splits `sources` (`load_split`'s train flags) that are not in the folder."""
+        names = [name for train in sources for name, _ in (CIFAR10.train_list if train else CIFAR10.test_list)]
+        return [name for name in names if not (self.folder / name).is_file()]
 
-    def _missing_error(self, reason: str) -> CnnlabError:
+    def _missing_error(self, missing: list[str], reason: str) -> CnnlabError:
+        readers = []
+        if any(name.startswith("data_batch") for name in missing):
+            readers.append("the training split (train and val are cut from it)")
+        if "test_batch" in missing:
+            readers.append("the test split (test and predict read it)")
         return CnnlabError(
-            f"CIFAR-10 was not found in {self.folder}/ (torchvision's python version: data_batch_1..5, "
-            f"test_batch, batches.meta) and could not be downloaded: {reason}. On a machine with internet "
-            "access run again with data.download true and torchvision fetches it there. Offline, unpack "
-            f"cifar-10-python.tar.gz into {self.data_dir}/ (or put the .tar.gz there), or point "
-            "--data.data_dir at a folder that holds cifar-10-batches-py/."
+            f"CIFAR-10 was not found in {self.folder}/: missing {', '.join(missing)} (torchvision's python "
+            f"version), the files of {' and '.join(readers)}; {reason}. On a machine with internet access run "
+            "again with data.download true and torchvision fetches them there. Offline, unpack "
+            f"cifar-10-python.tar.gz into {self.data_dir}/, or point --data.data_dir at a folder that holds "
+            "cifar-10-batches-py/ with them."
         )

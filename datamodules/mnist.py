@@ -1,4 +1,5 @@
-"""MNIST handwritten digits (28x28 grey, 10 classes), read through torchvision once and held as uint8.
+"""MNIST handwritten digits (28x28 grey, 10 classes), read once with torchvision's IDX readers and held
+as uint8; a split needs only its own two files.
 
 Augmentation: random rotations, translations and size changes, batched on the device. Never a flip:
 a mirrored 2, 6 or 7 is not a digit. `binarize` gives the literature's dynamically binarised MNIST.
@@ -14,17 +15,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torchvision.datasets import MNIST
-from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+from torchvision.datasets.mnist import read_image_file, read_label_file, read_sn3_pascalvincent_tensor
 
 from cnnlab.errors import CnnlabError
 from datamodules.base import ImageDataModule
 
-RAW_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+
+def split_file_names(train: bool) -> tuple[str, str]:
+    """The raw files (images, labels) of MNIST's official training or test split."""
+    prefix = "train" if train else "t10k"
+    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+
+RAW_FILES = (*split_file_names(True), *split_file_names(False))
 
 
 def random_affine(
@@ -92,27 +95,39 @@ class MNISTDataModule(ImageDataModule):
         return Path(self.data_dir) / "MNIST" / "raw"
 
     def prepare_data(self) -> None:
+        self.prepare_files(self.sources_needed())
+
+    def prepare_files(self, sources: tuple[bool, ...]) -> None:
+        """Unpack (or, with download on, download) the files of the official splits `sources`
+        (`load_split`'s train flags): a test of a checkpoint needs the two t10k files only."""
         self._unpack_gzipped()
-        if all((self.raw_folder / name).is_file() for name in RAW_FILES):
+        missing = self._missing(sources)
+        if not missing:
             return
         if not self.download:
-            raise self._missing_error("download is off (data.download: false)")
+            raise self._missing_error(missing, "they could not be downloaded: download is off (data.download: false)")
         try:
-            for train in (True, False):
-                MNIST(self.data_dir, train=train, download=True)
+            # torchvision fetches all four files; the test split is the cheaper one to read back
+            MNIST(self.data_dir, train=False, download=True)
         except (RuntimeError, OSError) as err:
-            raise self._missing_error(str(err).splitlines()[-1].strip() or type(err).__name__) from None
+            still = self._missing(sources)
+            if still:  # with every file there, load_split names the one that is corrupt
+                reason = str(err).splitlines()[-1].strip() if str(err).strip() else type(err).__name__
+                raise self._missing_error(still, f"they could not be downloaded: {reason}") from None
 
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # Read with torchvision's IDX readers rather than its MNIST class, which refuses to read
+        # either split unless all four files are there.
+        missing = self._missing((train,))
+        if missing:
+            raise self._missing_error(
+                missing, "they were not there when the split was read (prepare_data unpacks and downloads them)"
+            )
+        images_file, labels_file = (str(self.raw_folder / name) for name in split_file_names(train))
         try:
-            dataset = MNIST(self.data_dir, train=train, download=False)
-        except RuntimeError as err:
-            if "not found" in str(err):
-                raise self._missing_error("the files are missing") from None
+            images, labels = read_image_file(images_file), read_label_file(labels_file)
+        except (RuntimeError, AssertionError, ValueError, TypeError, OSError) as err:
             raise self._corrupt_error(train, err) from None
-        except (AssertionError, ValueError, TypeError) as err:
-            raise self._corrupt_error(train, err) from None
-        images, labels = dataset.data, dataset.targets
         if len(images) != len(labels):
             raise self._corrupt_error(train, f"{len(images)} images but {len(labels)} labels")
         return images.unsqueeze(1).contiguous(), labels.long()
@@ -174,13 +189,23 @@ class MNISTDataModule(ImageDataModule):
                     ) from None
             os.replace(part, target)
 
-    def _missing_error(self, reason: str) -> CnnlabError:
+    def _missing(self, sources: tuple[bool, ...]) -> list[str]:
+        """The raw files of the splits `sources` that are not in raw_folder (unpacked)."""
+        names = [name for train in sources for name in split_file_names(train)]
+        return [name for name in names if not (self.raw_folder / name).is_file()]
+
+    def _missing_error(self, missing: list[str], reason: str) -> CnnlabError:
+        readers = []
+        if any(name.startswith("train") for name in missing):
+            readers.append("the training split (train and val are cut from it)")
+        if any(name.startswith("t10k") for name in missing):
+            readers.append("the test split (test and predict read it)")
         return CnnlabError(
-            f"MNIST was not found in {self.raw_folder}/ (looked for {', '.join(RAW_FILES)}, or the same "
-            f"names with .gz) and could not be downloaded: {reason}. On a machine with internet access run "
-            "again with data.download true and torchvision fetches it there. Offline, copy the four MNIST "
-            f"files (.gz or unpacked) into {self.raw_folder}/, or point --data.data_dir at a folder that "
-            "holds MNIST/raw/ with them."
+            f"MNIST was not found in {self.raw_folder}/: missing {', '.join(missing)} (looked for each "
+            f"unpacked and with .gz), the files of {' and '.join(readers)}; {reason}. On a machine with "
+            "internet access run again with data.download true and torchvision fetches them there. "
+            "Offline, copy those files (.gz or unpacked) into "
+            f"{self.raw_folder}/, or point --data.data_dir at a folder that holds MNIST/raw/ with them."
         )
 
     def _corrupt_error(self, train: bool, err: object) -> CnnlabError:

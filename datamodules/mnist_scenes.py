@@ -276,7 +276,7 @@ class MNISTScenesDataModule(ImageDataModule):
         self.source = MNISTDataModule(data_dir=self.data_dir, download=self.download)
 
     def prepare_data(self) -> None:
-        self.source.prepare_data()
+        self.source.prepare_files(self.sources_needed())  # the source has no trainer: this stage's splits
 
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """MNIST's own split: digits uint8 [N, 1, 28, 28] and labels [N], checked as MNIST's are."""

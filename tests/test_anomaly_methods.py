@@ -158,6 +158,10 @@ def test_deep_svdd_pretrains_then_trains_on_the_distance_and_separates_the_norma
     run_cli("test", [*args, "--ckpt_path=best"])
     metrics = summary_of(last_evaluation(run, "test"))["metrics"]
     assert metrics["test/auroc"] == metrics["test/distance_auroc"]  # the primary score
+    # Measured on 2026-12-02 with these settings, --seed_everything 1234 (this test's), 0, 1, 2, 3 and
+    # torch.set_num_threads 1 and 2: distance and knn AUROC 1.000 in all 10 runs (min = max = 1.0; the
+    # synthetic digits are easy). 0.9 is far below every run and far above chance (0.5), which a
+    # broken score would give.
     assert metrics["test/auroc"] > 0.9, metrics
     assert metrics["test/knn_auroc"] > 0.9, metrics
 
@@ -236,7 +240,11 @@ def test_geotrans_learns_the_transformations_and_separates_the_normal_class(run_
     metrics = summary_of(last_evaluation(run, "test"))["metrics"]
     assert metrics["test/auroc"] == metrics["test/combined_auroc"]
     val_losses = [float(row["val/loss"]) for row in metric_rows(run) if row.get("val/loss")]
-    # it learns to tell the 20 transformations apart: from chance (log 20 = 3.0) down (measured 2.73)
+    # Measured on 2026-12-02 with these settings, --seed_everything 1234 (this test's), 0, 1, 2, 3 and
+    # torch.set_num_threads 1 and 2 (10 runs): the first validation loss 2.993-3.003 (chance: log 20 =
+    # 2.996), its drop by the sixth epoch 0.269-0.445; combined, knn and pixel_knn AUROC 1.000 in every
+    # run (min = max = 1.0). The thresholds sit far from all of them: it learns to tell the 20
+    # transformations apart, from chance down, and every score separates the normal digit (chance 0.5).
     assert val_losses[0] > 2.95 and val_losses[-1] < val_losses[0] - 0.1, val_losses
     for score in ("combined", "knn", "pixel_knn"):
         assert metrics[f"test/{score}_auroc"] > 0.9, (score, metrics)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import CIFAR_PER_BATCH, CIFAR_TEST, MNIST_TEST, MNIST_TRAIN, make_mnist
+from conftest import CIFAR_PER_BATCH, CIFAR_TEST, MNIST_TEST, MNIST_TRAIN, make_mnist, synthetic_images
 
 from cnnlab.errors import CnnlabError
 from datamodules import CIFAR10DataModule, MNISTDataModule
@@ -23,6 +23,10 @@ def test_mnist_loads_uint8_splits_and_normalised_float_batches(mnist_root):
     assert len(dm.splits["val"]) == 100
     assert len(dm.splits["test"]) == MNIST_TEST
     assert dm.splits["train"].images.dtype == torch.uint8
+    # the test split holds exactly the digits written to the t10k files (conftest's seed 1), in file order
+    written, written_labels = synthetic_images(MNIST_TEST, 28, 1, seed=1)
+    assert torch.equal(dm.splits["test"].images, torch.from_numpy(written).permute(0, 3, 1, 2))
+    assert torch.equal(dm.splits["test"].labels, torch.from_numpy(written_labels).long())
     images, labels = first_batch(dm)
     assert images.shape == (32, 1, 28, 28) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64 and labels.max() <= 9
@@ -81,6 +85,10 @@ def test_cifar10_loads_pickled_batches_through_torchvision(cifar_root):
     dm.setup("test")
     assert len(dm.splits["train"]) == 5 * CIFAR_PER_BATCH - 50
     assert len(dm.splits["test"]) == CIFAR_TEST
+    # pixels and channels as written into test_batch (conftest's seed 15: R, G, B planes)
+    written, written_labels = synthetic_images(CIFAR_TEST, 32, 3, seed=15)
+    assert torch.equal(dm.splits["test"].images, torch.from_numpy(written).permute(0, 3, 1, 2))
+    assert torch.equal(dm.splits["test"].labels, torch.from_numpy(written_labels).long())
     images, _ = first_batch(dm)
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8
     x = dm.transform(images, train=True)
@@ -212,9 +220,66 @@ def test_sample_caps_shrink_every_split(mnist_root):
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [64, 30, 30]
 
 
-def test_bad_normal_classes_are_refused():
-    with pytest.raises(CnnlabError, match="normal_classes"):
-        MNISTDataModule(normal_classes=[3, 10])
+@pytest.mark.parametrize(
+    ("classes", "says"),
+    [
+        ([], r"normal_classes is \[\], which names no normal class"),
+        ([3, 10], r"normal_classes has \[10\], but MNIST classes are 0\.\.9"),
+        (list(range(10)), r"lists every MNIST class \(0\.\.9\), so no test sample is an anomaly"),
+    ],
+    ids=["empty", "out-of-range", "every-class"],
+)
+def test_normal_classes_an_anomaly_run_cannot_use_are_refused(classes, says):
+    with pytest.raises(CnnlabError, match=says):
+        MNISTDataModule(normal_classes=classes)
+    # a list that leaves one class as the anomaly is a run
+    dm = MNISTDataModule(normal_classes=list(range(9)))
+    assert torch.equal(dm.is_anomaly(torch.arange(10)), torch.arange(10) == 9)
+
+
+def test_each_stage_asks_only_for_the_files_of_the_splits_it_reads(mnist_root, tmp_path):
+    import types
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes((mnist_root / "MNIST" / "raw" / name).read_bytes())
+
+    def prepared(stage: str | None, **settings) -> MNISTDataModule:
+        dm = MNISTDataModule(data_dir=str(tmp_path), download=False, val_size=100, **settings)
+        dm.trainer = None if stage is None else types.SimpleNamespace(state=types.SimpleNamespace(fn=stage))
+        dm.prepare_data()
+        return dm
+
+    for stage in ("test", "predict"):
+        dm = prepared(stage)
+        dm.setup(stage)
+        assert len(dm.samples("test")[1]) == MNIST_TEST and "train" not in dm.splits
+    for stage, settings in (("fit", {}), ("validate", {}), ("predict", {"predict_split": "val"}), (None, {})):
+        with pytest.raises(CnnlabError) as info:
+            prepared(stage, **settings)
+        assert f"in {raw}/: missing train-images-idx3-ubyte, train-labels-idx1-ubyte (" in str(info.value)
+        assert "t10k" not in str(info.value), stage
+
+
+def test_mnist_scenes_test_needs_only_the_test_digits(mnist_root, tmp_path):
+    import types
+
+    from datamodules import MNISTScenesDataModule
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes((mnist_root / "MNIST" / "raw" / name).read_bytes())
+    dm = MNISTScenesDataModule(data_dir=str(tmp_path), download=False, val_size=100, test_scenes=7)
+    dm.trainer = types.SimpleNamespace(state=types.SimpleNamespace(fn="test"))
+    dm.prepare_data()
+    dm.setup("test")
+    images, masks = dm.samples("test")
+    assert images.shape == (7, 1, 64, 64) and masks.max() > 0  # scenes with digits in them
+    dm.trainer.state.fn = "fit"
+    with pytest.raises(CnnlabError, match="missing train-images-idx3-ubyte, train-labels-idx1-ubyte"):
+        dm.prepare_data()
 
 
 def test_missing_mnist_says_where_it_looked_and_what_to_do(tmp_path):
@@ -223,7 +288,9 @@ def test_missing_mnist_says_where_it_looked_and_what_to_do(tmp_path):
         dm.prepare_data()
     message = str(info.value)
     assert str(tmp_path / "nowhere" / "MNIST" / "raw") in message
-    assert "train-images-idx3-ubyte" in message and "--data.data_dir" in message
+    # without a trainer, both splits: every file, by name
+    missing = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+    assert f"missing {missing} (" in message and "--data.data_dir" in message
     assert "\n" not in message
 
 
@@ -250,6 +317,10 @@ def test_corrupt_cifar_file_is_named(cifar_root, tmp_path):
 
 def test_missing_cifar_offline_is_one_clear_paragraph(tmp_path):
     dm = CIFAR10DataModule(data_dir=str(tmp_path), download=False)
-    with pytest.raises(CnnlabError, match="cifar-10-batches-py") as info:
+    with pytest.raises(CnnlabError) as info:
         dm.prepare_data()
-    assert "\n" not in str(info.value)
+    message = str(info.value)
+    assert f"CIFAR-10 was not found in {tmp_path / 'cifar-10-batches-py'}/" in message
+    names = ", ".join([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"])
+    assert f"missing {names} (" in message and "download is off" in message
+    assert "\n" not in message

@@ -239,44 +239,64 @@ def test_figures_are_written_without_a_collective_call(tmp_path, monkeypatch):
     assert path == tmp_path / "figures" / "grid" / "epoch000.png"
 
 
-def test_every_callback_is_configurable_from_yaml(tmp_path, monkeypatch):
-    import sys
+def test_callback_settings_in_yaml_decide_what_the_callbacks_draw(run_cli, mnist_root, tmp_path, monkeypatch):
+    """Each callback configured in a YAML file (over the config's own list) through train.py: the
+    figures of a fit and a test follow the settings given there, not the defaults."""
+    from conftest import last_evaluation, only_run, summary_of, tiny_cli_args
 
-    from conftest import ROOT
-
-    from cnnlab.cli import CnnlabCLI
+    from callbacks import filters_and_feature_maps, latent_scatter
+    from lightning_modules import AutoEncoder
 
     (tmp_path / "figures.yaml").write_text(
         """
 trainer:
   callbacks:
     - class_path: callbacks.LatentSpaceScatter
-      init_args: {num_samples: 500, projection: tsne, every_n_epochs: 5}
+      init_args: {num_samples: 12, projection: pca, every_n_epochs: 5}
     - class_path: callbacks.LatentInterpolationGIF
-      init_args: {pairs: [[3, 8]], methods: [slerp], steps: 20}
+      init_args: {pairs: [[3, 8]], methods: [slerp], steps: 5, scale: 1}
     - class_path: callbacks.LossHistogram
-      init_args: {percentile: 99, log_y: true, stages: [test]}
+      init_args: {percentile: 80, stages: [test]}
     - class_path: callbacks.FilterAndFeatureMaps
-      init_args: {kernel_size: 3, conv_settings: [[1, 1], [2, 0]]}
+      init_args: {kernel_size: 3, num_random_kernels: 2, conv_settings: [[1, 1], [2, 0]]}
 """
     )
-    monkeypatch.setattr(sys, "argv", ["train.py"])
-    cli = CnnlabCLI(
-        args=[
-            f"--config={ROOT / 'configs' / 'mnist_classifier.yaml'}",
-            f"--config={tmp_path / 'figures.yaml'}",
-            "--trainer.logger=false",
-            f"--trainer.default_root_dir={tmp_path / 'runs'}",
-        ],
-        run=False,
+    drawn = {"scatter": [], "kernels": []}
+    scatter, kernels = latent_scatter.scatter_figure, filters_and_feature_maps.random_kernels_figure
+    monkeypatch.setattr(
+        latent_scatter, "scatter_figure", lambda points, *a: drawn["scatter"].append(len(points)) or scatter(points, *a)
     )
-    scatter = callback(cli.trainer, LatentSpaceScatter)
-    assert (scatter.num_samples, scatter.projection, scatter.every_n_epochs) == (500, "tsne", 5)
-    gif = callback(cli.trainer, LatentInterpolationGIF)
-    assert gif.pairs == [(3, 8)] and gif.methods == ["slerp"] and gif.steps == 20
-    histogram = callback(cli.trainer, LossHistogram)
-    assert histogram.percentile == 99 and histogram.log_y and histogram.stages == ["test"]
-    assert callback(cli.trainer, FilterAndFeatureMaps).conv_settings == [(1, 1), (2, 0)]
+    monkeypatch.setattr(
+        filters_and_feature_maps,
+        "random_kernels_figure",
+        lambda image, k, settings: drawn["kernels"].append((tuple(k.shape), settings)) or kernels(image, k, settings),
+    )
+    extra = ["--model.channels=[8, 16]", "--model.latent_dim=4", "--trainer.max_epochs=2"]
+    extra += ["--data.normal_classes=[3, 8]", "--config", str(tmp_path / "figures.yaml")]
+    args = tiny_cli_args("mnist_ae", mnist_root, tmp_path / "runs", *extra)
+    run_cli("fit", args)
+    run = only_run(tmp_path, "mnist_ae")
+    run_cli("test", [*args, "--ckpt_path=best"])
+    tested = last_evaluation(run, "test")
+
+    # scatter: 12 codes each time; every 5th epoch means of 2 epochs only the last (and before training)
+    assert sorted(p.name for p in (run / "figures" / "latent_scatter").iterdir()) == [
+        "before-training.png",
+        "epoch001.png",
+    ]
+    assert drawn["scatter"] == [12, 12, 12]  # before training, after epoch 2, at test
+    # the GIF: one pair, one method, 5 steps there and back (8 frames), one 28 px tile at scale 1 (a
+    # grid of one tile has no border)
+    frames = iio.imread(run / "figures" / "latent_interpolation" / "epoch001.gif", index=None)
+    assert frames.shape[:3] == (2 * 5 - 2, 28, 28)
+    # the random kernels: two 3x3 kernels under exactly the two (stride, padding) settings
+    assert drawn["kernels"] == [((2, 3, 3), [(1, 1), (2, 0)])] * 2  # once in fit, once at test
+    # LossHistogram on the test stage only, its threshold the 80th percentile of the kept validation scores
+    assert not (run / "figures" / "val_loss_histogram").exists()
+    assert list((tested / "figures" / "test_loss_histogram").glob("*.png"))
+    reference = AutoEncoder.load_from_checkpoint(run / "checkpoints" / "best.ckpt").reference_scores()["loss"]
+    threshold = summary_of(tested)["metrics"]["test/loss_threshold"]
+    assert threshold == pytest.approx(torch.quantile(reference.double(), 0.80).item(), rel=1e-5)
 
 
 def test_the_scatter_draws_the_points_it_is_given_in_class_colours():
