@@ -5,14 +5,16 @@ DataModule's lifecycle, and a model never reaches into the trainer or the DataMo
 `CnnlabModule.training_images`).
 
 Read this file to know what a new model must provide to get every figure (docs/design.md has the
-recipes). Each capability is a runtime-checkable `typing.Protocol`; callbacks call `require` once at
-setup and stop with one paragraph naming what is missing.
+recipes). Each capability is a runtime-checkable `typing.Protocol`; the CLI checks a run's model,
+DataModule and callbacks against each other once, before anything is written
+(`check_configuration`), and each figure callback checks its own needs again at setup (a plain
+Trainer has no CLI). A gap stops the run with one paragraph naming the class and what it lacks.
 
 Data flows one way: DataModule -> LightningModule -> callbacks -> loggers and files.
 """
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol, TypedDict, runtime_checkable
 
 import torch
@@ -40,13 +42,11 @@ class EvalOutput(TypedDict, total=False):
 
     loss: the batch's loss (a scalar). scores: per-sample scores of this batch, float32 [B] each,
     larger = worse or more anomalous, the same names for every batch (`{"loss": per_sample_loss}`
-    at least; an anomaly model's `anomaly_scores`). prediction: a dense predictor's per-pixel output
-    for the batch, as `DensePredictor` describes.
+    at least; an anomaly model's `anomaly_scores`).
     """
 
     loss: torch.Tensor
     scores: dict[str, torch.Tensor]
-    prediction: dict[str, torch.Tensor]
 
 
 @runtime_checkable
@@ -59,6 +59,20 @@ class EvaluationScores(Protocol):
         each sample once); {} before the first validation. In an anomaly run validation holds normal
         samples only, so these describe normal data."""
         ...
+
+
+@runtime_checkable
+class Predictions(Protocol):
+    """Every cnnlab LightningModule (`CnnlabModule` has a default): `predict_step` returns a dict of
+    tensors whose first dimension is the batch's, which PredictionWriter writes as they come and merges
+    in dataset order into predictions.pt (every tensor) and predictions.csv ([B] tensors one column
+    each, [B, K] tensors K columns `<key>_<k>`); a uint8 `mask` [B, H, W] is also written one PNG per
+    sample. The names in use: `label` (class labels, where targets are labels), `score_<name>` (each
+    per-sample score, float32 [B]: `score_loss` is `per_sample_loss`, an AnomalyModel's are its
+    `anomaly_scores`), `probs` and `pred` (a classifier's class probabilities [B, K] and argmax [B]),
+    `latent` (a LatentModel's codes [B, D]), and the dense keys of `DensePredictor`."""
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]: ...
 
 
 @runtime_checkable
@@ -87,13 +101,22 @@ class GenerativeModel(Protocol):
 
 @runtime_checkable
 class AnomalyModel(Protocol):
-    """Models that score how anomalous a sample is (AE, VAE, Deep SVDD, transformation model)."""
+    """Models that score how anomalous a sample is (AE, VAE, Deep SVDD, transformation model).
 
-    primary_score: str  # the score reported as `<stage>/auroc` and drawn first
+    A model with `anomaly_scores` is held to all of this class: the CLI refuses one that lacks a member,
+    or whose `primary_score` is not among its `score_names()`, before the run starts (rather than at
+    its first validation)."""
+
+    primary_score: str  # one of score_names(): reported as `<stage>/auroc` and drawn first
 
     def anomaly_scores(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Per-sample scores of a model-ready batch, float32 [B] each, larger = more anomalous;
-        `"loss"` is `per_sample_loss`."""
+        `"loss"` is `per_sample_loss`. Its evaluation steps return the same scores (`EvalOutput`)."""
+        ...
+
+    def score_names(self) -> tuple[str, ...]:
+        """Every name `anomaly_scores` returns once the model's fits are made (a k-NN score appears
+        when its bank of training codes is fitted), as the model's settings decide it."""
         ...
 
 
@@ -101,20 +124,48 @@ class AnomalyModel(Protocol):
 class FeatureMaps(Protocol):
     """Models whose first convolution is drawn (kernels and feature maps)."""
 
-    def feature_layer(self) -> nn.Conv2d:
-        """The convolution whose kernels and feature maps are drawn: the network's input layer.
-        Its input and output are caught while the model computes `per_sample_loss`."""
+    def feature_layer(self) -> nn.Conv2d | None:
+        """The convolution whose kernels and feature maps are drawn: the network's input layer (None for
+        a network without one, an MLP). Its input and output are caught while the model computes
+        `per_sample_loss`."""
         ...
 
 
 @runtime_checkable
 class DensePredictor(Protocol):
-    """Per-pixel models (UNet). `predict_step` and the `prediction` of `EvalOutput` hold, for
-    `task == "segmentation"`, `mask` and `target` (uint8 [B, H, W]) and `miou` [B]; for
-    `task == "denoise"`, `denoised` (uint8 [B, C, H, W]) and `psnr`, `psnr_noisy` [B] in dB."""
+    """Per-pixel models (UNet). `predict_step` holds, for `task == "segmentation"`, `mask` and
+    `target` (uint8 [B, H, W]) and `miou` [B]; for `task == "denoise"`, `denoised` (uint8
+    [B, C, H, W]) and `psnr`, `psnr_noisy` [B] in dB. DensePredictionGrid draws those keys and
+    PredictionWriter colours masks with `num_classes` colours."""
 
     task: Literal["segmentation", "denoise"]
     num_classes: int
+
+
+@runtime_checkable
+class UnitPixelLikelihood(Protocol):
+    """Optional (absent means False): a model whose loss is a likelihood of pixels in [0, 1] (a
+    Bernoulli decoder, BCE) says so, and the CLI refuses to pair it with a DataModule that
+    standardises pixels (`StandardisedPixels`): its targets would leave [0, 1]."""
+
+    needs_unit_pixels: bool
+
+
+# -- networks ---------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class FeaturesAndHead(Protocol):
+    """A classifier network of networks/classifiers.py that a model splits in two (GeoTrans: the
+    features are its k-NN features, the head tells the transformations apart): `head(features(x))`
+    is its forward pass. The MLP has no features; a model that needs them refuses it."""
+
+    features: nn.Module  # images [B, C, H, W] -> feature maps (flattened to [B, F] by the user)
+    head: nn.Module  # feature maps -> logits [B, num_classes]
+
+    def input_layer(self) -> nn.Conv2d | None:
+        """The first convolution (what `FeatureMaps.feature_layer` returns), or None."""
+        ...
 
 
 # -- DataModule side --------------------------------------------------------------------------------
@@ -149,12 +200,51 @@ class ImageData(Protocol):
         ...
 
 
+@runtime_checkable
+class StandardisedPixels(Protocol):
+    """Optional (absent means False): a DataModule that standardises pixels with the dataset's mean
+    and std says so (`data.normalize`); with False, images reach the model in [0, 1]."""
+
+    normalize: bool
+
+
+# -- callback side ----------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class CallbackNeeds(Protocol):
+    """What a callback declares it needs, as class attributes (every one optional; FigureCallback
+    sets the first three): `check_callback` checks them against the run's model and DataModule."""
+
+    requires: Sequence[type]  # protocol classes of this file the model must satisfy
+    what: str  # the same in a user's words ("a model with a latent space"), for the error
+    needs_data: bool  # reads stored samples or class names of the DataModule: `ImageData`
+    draws_at_predict: bool  # a `predict` with it has a picture for the loggers (else W&B is left out)
+
+
+# -- what the seed launcher and the reports read ------------------------------------------------------
+#
+# Metrics: a model logs `<stage>/<name>` with stage train, val or test, and `val/loss` at every
+# validation (the checkpoint's default monitor, `checkpoint.monitor` in cnnlab/cli.py; a config may
+# monitor another, e.g. `val/acc`). A record keeps the values whose prefix its command owns
+# (`cnnlab.records.METRIC_PREFIXES`: fit train/ and val/, validate val/, test test/, predict none), so a
+# metric named otherwise reaches no summary.json, no seed report and no comparison. `cnnlab-seeds
+# report` shows val/loss, val/acc, test/loss and test/acc by default (any logged name with --metrics);
+# `compare` decides on test/acc where present; LossHistogram logs an anomaly run's `<stage>/auroc`.
+#
+# A run's summary.json fields that cnnlab-seeds reads (cnnlab.seeds.registry.outcome_of, is_complete):
+# seed, status, metrics, run_dir, best_checkpoint, last_checkpoint, monitor, mode, best_score,
+# data_seed, git_commit, fit_seconds, wandb.id and wandb.project, and per evaluation in `evaluations`:
+# subcommand, status, checkpoint.path, metrics and seconds (the test of the best checkpoint).
+
+
 # -- the checks --------------------------------------------------------------------------------------
 
 
 def check_pairing(model: object, data: object) -> None:
     """What a model needs of the data that only the pair can tell: a model whose loss is a likelihood
-    of pixels in [0, 1] (`needs_unit_pixels`, BCE) cannot train on standardised pixels."""
+    of pixels in [0, 1] (`UnitPixelLikelihood`, BCE) cannot train on standardised pixels
+    (`StandardisedPixels`)."""
     if getattr(model, "needs_unit_pixels", False) and getattr(data, "normalize", False):
         raise CnnlabError(
             f"{type(model).__name__} uses a Bernoulli likelihood (reconstruction_loss 'bce') whose targets must be "
@@ -162,6 +252,46 @@ def check_pairing(model: object, data: object) -> None:
             "--data.normalize false (as configs/mnist_ae.yaml and mnist_vae.yaml do), or use "
             "--model.reconstruction_loss mse for standardised data."
         )
+
+
+def check_callback(callback: object, model: object, data: object) -> None:
+    """What `callback` declares it needs (`CallbackNeeds`), checked against the run's model and DataModule."""
+    who = type(callback).__name__
+    require(model, getattr(callback, "requires", ()), who, getattr(callback, "what", "the methods listed"))
+    if getattr(callback, "needs_data", False):
+        require(data, (ImageData,), who, "a cnnlab DataModule (images, class names, display)")
+
+
+def check_scores(model: object) -> None:
+    """A model with `anomaly_scores` is an `AnomalyModel` in full, and its primary score is one it has."""
+    if not callable(getattr(model, "anomaly_scores", None)):
+        return
+    name = type(model).__name__
+    absent = missing(model, AnomalyModel)
+    if absent:
+        raise CnnlabError(
+            f"{name} has anomaly_scores but no {', '.join(absent)} (AnomalyModel in cnnlab/protocol.py): the "
+            "anomaly report needs the names of its scores (score_names) and which one is primary "
+            "(primary_score). Add them to the model."
+        )
+    names = tuple(model.score_names())
+    if model.primary_score not in names:
+        raise CnnlabError(
+            f"{name}.primary_score is '{model.primary_score}', but its anomaly scores are {list(names)} "
+            f"({name}.score_names() with these settings), so the run would fail at its first validation. Make "
+            "primary_score one of them, or change the settings that turned that score off (e.g. knn_k 0)."
+        )
+
+
+def check_configuration(model: object, data: object, callbacks: Iterable[object] = ()) -> None:
+    """Everything a run's parts need of each other that can be told before it starts: the model and
+    DataModule as a pair (`check_pairing`), each callback's declared needs (`check_callback`) and the
+    model's scores (`check_scores`). Raises CnnlabError, one paragraph naming the class and what it
+    lacks. The CLI calls it once, after the classes are built and before anything is written."""
+    check_pairing(model, data)
+    check_scores(model)
+    for callback in callbacks:
+        check_callback(callback, model, data)
 
 
 def missing(obj: object, capability: type) -> list[str]:

@@ -17,7 +17,6 @@ from cnnlab.protocol import Batch, EvalOutput
 from lightning_modules.base import CnnlabModule
 from lightning_modules.latent_scores import LatentScores
 from lightning_modules.nearest_neighbours import Metric
-from lightning_modules.optimization import keep_loadable_hparams
 from networks.autoencoder import ConvDecoder, ConvEncoder
 from networks.blocks import Upsampling
 
@@ -59,7 +58,6 @@ class AutoEncoder(CnnlabModule):
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
         self.save_hyperparameters()
-        keep_loadable_hparams(self)
         if latent_dim < 1 or not channels or min(channels) < 1:
             raise CnnlabError(
                 f"model.latent_dim is {latent_dim} and model.channels is {list(channels)}, but the code needs at "
@@ -112,6 +110,9 @@ class AutoEncoder(CnnlabModule):
         images, _ = batch
         z = self.encode(images)
         return self.latent_scores.scores(z, self.reconstruction_error(self.decoder(z), images))
+
+    def score_names(self) -> tuple[str, ...]:
+        return self.latent_scores.names()
 
     # -- training ------------------------------------------------------------------------------
 
@@ -172,6 +173,5 @@ class AutoEncoder(CnnlabModule):
 
     @override
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        images, labels = batch
-        out = {"latent": self.encode(images).float(), "label": labels}
-        return out | {f"score_{name}": score for name, score in self.anomaly_scores(batch).items()}
+        """The codes (`latent`), labels and each anomaly score (`score_<name>`) of the batch."""
+        return {"latent": self.encode(batch[0]).float()} | super().predict_step(batch, batch_idx)

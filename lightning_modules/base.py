@@ -2,12 +2,14 @@
 per-sample scores to callbacks (`EvalOutput`), so no callback runs a second forward pass; the scores
 of the last validation kept with the weights, the yardstick of thresholds at test; metrics handed to
 Lightning only when they are written (training values at the logging interval, epoch metrics once an
-epoch); the optimizer and scheduler from the CLI."""
+epoch); the optimizer and scheduler from the CLI, kept out of checkpoints when they are Python
+callables; a default `predict_step` of per-sample scores."""
 
+import inspect
 from collections.abc import Callable, Iterator
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
@@ -17,7 +19,7 @@ from typing_extensions import override
 from cnnlab.errors import CnnlabError
 from cnnlab.gather import gather_ranks
 from cnnlab.protocol import Batch, EvalOutput, ImageData, missing
-from lightning_modules.optimization import configure_optimizers
+from lightning_modules.optimization import configure_optimizers, keep_loadable_hparams
 
 
 class ScoreReference(nn.Module):
@@ -55,7 +57,7 @@ class ScoreReference(nn.Module):
 class CnnlabModule(LightningModule):
     """Base of cnnlab's LightningModules. A subclass provides `per_sample_loss`, `_shared_step(batch,
     stage)` returning the `EvalOutput` of the batch (its mean loss and per-sample scores), and calls
-    `save_hyperparameters()` and `keep_loadable_hparams(self)` in its own `__init__`."""
+    `save_hyperparameters()` in its own `__init__` (after `super().__init__`, in every subclass)."""
 
     primary_score = "loss"
     prog_bar = ("loss", "acc", "miou", "psnr")  # epoch metrics shown in the progress bar
@@ -66,6 +68,15 @@ class CnnlabModule(LightningModule):
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.validation_reference = ScoreReference()
 
+    @override
+    def save_hyperparameters(self, *args, ignore=None, frame=None, logger: bool = True) -> None:
+        """Lightning's, minus an optimizer or scheduler given as a Python callable (`keep_loadable_hparams`),
+        at every call: a subclass's own call records its parents' arguments again, and a partial among
+        them would make `load_from_checkpoint(path)` fail to unpickle the checkpoint."""
+        frame = frame or inspect.currentframe().f_back  # the caller's __init__, whose arguments are recorded
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
+        keep_loadable_hparams(self)
+
     def _shared_step(self, batch: Batch, stage: str) -> EvalOutput:
         raise NotImplementedError
 
@@ -74,6 +85,14 @@ class CnnlabModule(LightningModule):
         once at the end of the stage's epoch, then reset."""
         return {}
 
+    def running_trainer(self) -> Trainer | None:
+        """The Trainer this module runs in, or None (built by hand, or loaded from a checkpoint and not
+        yet fitted): `LightningModule.trainer` raises when none is attached."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
     # -- logging ---------------------------------------------------------------------------------
 
     def log_step(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
@@ -81,7 +100,7 @@ class CnnlabModule(LightningModule):
         `log_every_n_steps`, and an epoch's last): each `self.log` call costs Lightning about a
         millisecond of bookkeeping on the CPU (measured: benchmarks/trainer_overhead.py), as much as a
         small model's whole step, and values logged in between were never written anyway."""
-        trainer = self._trainer
+        trainer = self.running_trainer()
         if trainer is not None and trainer.training:
             every = max(1, int(trainer.log_every_n_steps or 1))
             if (self.global_step + 1) % every and not trainer.is_last_batch:
@@ -111,7 +130,7 @@ class CnnlabModule(LightningModule):
         """Whether this run's DataModule hands over the training images (ImageData), which the
         scores fitted to the normal training set need. A model trained without one (a plain Trainer
         on bare DataLoaders) goes on without those scores, with one warning naming `score`."""
-        data = getattr(self._trainer, "datamodule", None)
+        data = getattr(self.running_trainer(), "datamodule", None)
         if data is not None and not missing(data, ImageData):
             return True
         if not getattr(self, "_warned_no_training_images", False):
@@ -131,7 +150,7 @@ class CnnlabModule(LightningModule):
         `ImageData.samples` and `model_input`: the one way a model reads data outside its batches,
         for what it fits to the normal training set (a k-NN bank, a Deep SVDD centre). `indices(n)`
         picks which of the n images (default: all)."""
-        data = getattr(self._trainer, "datamodule", None)
+        data = getattr(self.running_trainer(), "datamodule", None)
         if data is None or missing(data, ImageData):
             raise CnnlabError(
                 f"{type(self).__name__} fits its anomaly scores to the normal training images, which it reads from "
@@ -171,6 +190,18 @@ class CnnlabModule(LightningModule):
     @override
     def test_step(self, batch: Batch, batch_idx: int) -> EvalOutput:
         return self._shared_step(batch, "test")
+
+    @override
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per-sample results of the batch (protocol: Predictions): `score_<name>` for each of the
+        model's `anomaly_scores` (without them: `score_loss`, its `per_sample_loss`), float32 [B], and
+        `label` where the targets are class labels [B]. A model adds what it predicts (a classifier's
+        `probs` and `pred`, a latent model's `latent`)."""
+        anomaly_scores = getattr(self, "anomaly_scores", None)
+        scores = anomaly_scores(batch) if callable(anomaly_scores) else {"loss": self.per_sample_loss(batch)}
+        targets = batch[1]
+        labels = {"label": targets} if targets.dim() == 1 and not targets.is_floating_point() else {}
+        return labels | {f"score_{name}": values.float() for name, values in scores.items()}
 
     @override
     def on_train_epoch_end(self) -> None:

@@ -10,7 +10,6 @@ from typing_extensions import override
 
 from cnnlab.protocol import Batch, EvalOutput
 from lightning_modules.base import CnnlabModule
-from lightning_modules.optimization import keep_loadable_hparams
 from networks.classifiers import Backbone, build_backbone
 
 
@@ -43,7 +42,6 @@ class ImageClassifier(CnnlabModule):
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
         self.save_hyperparameters()
-        keep_loadable_hparams(self)
         self.net = build_backbone(backbone, image_shape, num_classes, width, dropout)
         # NHWC is what oneDNN (CPU) and tensor cores (GPU) convolve fastest: the SmallCNN trains in about
         # 0.8x the time of NCHW on 2 CPU cores (benchmarks/README.md, Seeds per hour: the plain reference).
@@ -116,7 +114,11 @@ class ImageClassifier(CnnlabModule):
         super().on_validation_epoch_end()
 
     @override
-    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Class probabilities `probs` [B, K], the predicted class `pred`, the `label` and the
+        per-sample cross-entropy `score_loss` (= per_sample_loss) of the batch."""
         images, labels = batch
-        probs = self(images).float().softmax(dim=1)
-        return {"probs": probs, "pred": probs.argmax(dim=1), "label": labels}
+        logits = self(images).float()
+        probs = logits.softmax(dim=1)
+        loss = F.cross_entropy(logits, labels, reduction="none")
+        return {"probs": probs, "pred": probs.argmax(dim=1), "label": labels, "score_loss": loss}

@@ -149,6 +149,10 @@ class DeepSVDD(AutoEncoder):
             return self._scores(z, self.reconstruction_error(self.decoder(z), images))
         return self._scores(z, self.svdd_loss(self.distance(z)))
 
+    @override
+    def score_names(self) -> tuple[str, ...]:
+        return ("loss", "distance") + ("knn",) * (self.latent_scores.neighbours is not None)
+
     # -- training ----------------------------------------------------------------------------------
 
     @override

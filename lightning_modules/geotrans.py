@@ -33,11 +33,10 @@ from typing_extensions import override
 
 from cnnlab.errors import CnnlabError
 from cnnlab.gather import gather_ranks
-from cnnlab.protocol import Batch, EvalOutput
+from cnnlab.protocol import Batch, EvalOutput, FeaturesAndHead, missing
 from lightning_modules.base import CnnlabModule
 from lightning_modules.gaussian_fit import GaussianFit
 from lightning_modules.nearest_neighbours import NearestNeighbours
-from lightning_modules.optimization import keep_loadable_hparams
 from networks.classifiers import Backbone, build_backbone
 
 Translations = Literal["none", "cross", "grid"]
@@ -122,8 +121,9 @@ class GeoTrans(CnnlabModule):
         image_shape: (channels, height, width); linked from the DataModule.
         backbone: The classifier (networks/classifiers.py) that tells the K transformations apart:
             plain, cnn, resnet, lenet5 or alexnet (a backbone with `features`, whose output are the
-            k-NN features, and a `head`). plain (three conv stages) scored better than cnn (the
-            SmallCNN, one more conv) at 0.63x its CPU time (docs/anomaly.md).
+            k-NN features, and a `head`: FeaturesAndHead in cnnlab/protocol.py). plain (three conv
+            stages) scored better than cnn (the SmallCNN, one more conv) at 0.63x its CPU time
+            (docs/anomaly.md).
         width: The backbone's width; None keeps its default.
         flip: Include horizontal flips (doubles K).
         translations: none, cross (x5) or grid (x9).
@@ -159,7 +159,6 @@ class GeoTrans(CnnlabModule):
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
         self.save_hyperparameters()
-        keep_loadable_hparams(self)
         self.transformations = GeometricTransformations(flip, translations, shift, rotations, pad)
         if rotations == 4 and image_shape[1] != image_shape[2]:
             raise CnnlabError(
@@ -177,12 +176,14 @@ class GeoTrans(CnnlabModule):
             raise CnnlabError(f"GeoTrans: pixel_blur is {pixel_blur}; it is a standard deviation in pixels, 0 or more.")
         k = len(self.transformations)
         self.num_transformations = k
-        if backbone == "mlp":
-            raise CnnlabError(
-                "GeoTrans needs a convolutional backbone with features (plain, cnn, resnet, lenet5 or alexnet); mlp "
-                "has none. Use --model.backbone plain."
-            )
         self.net = build_backbone(backbone, image_shape, k, width, 0.0)
+        absent = missing(self.net, FeaturesAndHead)
+        if absent:
+            raise CnnlabError(
+                "GeoTrans splits its backbone into features (for k-NN) and a head (FeaturesAndHead in "
+                f"cnnlab/protocol.py), but {backbone} has no {', '.join(absent)}. Use a convolutional backbone: "
+                "--model.backbone plain (or cnn, resnet, lenet5, alexnet)."
+            )
         self.to(memory_format=torch.channels_last)
         combine = list(combine) if combine is not None else ["dirichlet", "knn"]
         available = ["loss", "dirichlet"] + ["knn"] * bool(knn_k) + ["pixel_knn"] * bool(pixel_knn_k)
@@ -262,6 +263,10 @@ class GeoTrans(CnnlabModule):
         images, _ = batch
         return self._with_combined(self._raw_scores(images)[0])
 
+    def score_names(self) -> tuple[str, ...]:
+        on = {"knn": self.neighbours is not None, "pixel_knn": self.pixel_neighbours is not None}
+        return (*(name for name in SCORES if on.get(name, True)), "combined")
+
     # -- training ----------------------------------------------------------------------------------
 
     def _shared_step(self, batch: Batch, stage: str) -> EvalOutput:
@@ -338,8 +343,3 @@ class GeoTrans(CnnlabModule):
         if not rescored or len(rescored["loss"]) != len(scores.get("loss", ())):
             return scores
         return self._with_combined(dict(rescored))
-
-    @override
-    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        _, labels = batch
-        return {"label": labels} | {f"score_{name}": s for name, s in self.anomaly_scores(batch).items()}

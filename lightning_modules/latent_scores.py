@@ -51,6 +51,10 @@ class LatentScores(nn.Module):
         self._codes = []
         return codes
 
+    def names(self) -> tuple[str, ...]:
+        """The names `scores` returns once the k-NN bank is fitted."""
+        return ("loss", "latent_distance", "combined") + ("knn",) * (self.neighbours is not None)
+
     def scores(self, codes: torch.Tensor, losses: torch.Tensor) -> dict[str, torch.Tensor]:
         """loss, latent_distance (squared Mahalanobis distance to the fitted Gaussian), knn (mean
         distance to the k nearest normal training codes, once the bank is fitted) and combined:

@@ -29,10 +29,7 @@ def configure_optimizers(
         if given.get("total_steps") is None and given.get("epochs") is None:
             steps = module.trainer.estimated_stepping_batches
             if not math.isfinite(steps):
-                raise CnnlabError(
-                    f"{target.__name__} plans its schedule over the whole run, but the run has no end (max_epochs "
-                    "-1 and no max_steps). Give a number of epochs (--trainer.max_epochs 10) or of steps."
-                )
+                raise unbounded_plan(target.__name__)
             scheduler = lr_scheduler(opt, total_steps=int(steps))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         return {"optimizer": opt, "lr_scheduler": {"scheduler": lr_scheduler(opt), "interval": "step"}}
@@ -41,6 +38,16 @@ def configure_optimizers(
     if isinstance(scheduler, ReduceLROnPlateau):
         config["monitor"] = "val/loss"
     return {"optimizer": opt, "lr_scheduler": config}
+
+
+def unbounded_plan(scheduler: str) -> CnnlabError:
+    """The one refusal of a schedule planned over a run that has no end: raised by the CLI before
+    anything is written, and here for a plain Trainer."""
+    return CnnlabError(
+        f"trainer.max_epochs is -1 (train without end) with no max_steps, but {scheduler} plans the learning-rate "
+        "schedule over the whole run and needs its length. Give a number of epochs (--trainer.max_epochs 10) or "
+        "of steps (--trainer.max_steps 5000)."
+    )
 
 
 def _scheduler_class(lr_scheduler: LRSchedulerCallable) -> type | None:
@@ -62,6 +69,7 @@ def keep_loadable_hparams(module: LightningModule, names: tuple[str, ...] = ("op
     From the CLI they are YAML (class_path + init_args) and stay; from Python they would be pickled
     into the checkpoint, and `load_from_checkpoint(path)` (torch.load with weights_only) refuses to
     unpickle them. The model rebuilds with its default optimizer, which inference never uses.
+    `CnnlabModule.save_hyperparameters` calls it every time it records arguments.
     """
     for name in names:
         if callable(module.hparams.get(name)):

@@ -16,7 +16,6 @@ from typing_extensions import override
 from cnnlab.errors import CnnlabError
 from cnnlab.protocol import Batch, EvalOutput
 from lightning_modules.base import CnnlabModule
-from lightning_modules.optimization import keep_loadable_hparams
 from networks.blocks import Upsampling
 from networks.unet import UNet
 
@@ -91,7 +90,6 @@ class UNetModule(CnnlabModule):
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
         self.save_hyperparameters()
-        keep_loadable_hparams(self)
         if task not in ("segmentation", "denoise"):
             raise CnnlabError(f"model.task is '{task}'; choose 'segmentation' or 'denoise'.")
         if task == "segmentation" and num_classes < 2:

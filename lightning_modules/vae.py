@@ -103,6 +103,10 @@ class VAE(AutoEncoder):
         recon, kl, mu = self._terms(batch[0])
         return {**self.latent_scores.scores(mu, recon + kl), "latent_kl": kl}
 
+    @override
+    def score_names(self) -> tuple[str, ...]:
+        return (*super().score_names(), "latent_kl")
+
     # -- the objective -------------------------------------------------------------------------
 
     def reconstruction_error(self, output: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

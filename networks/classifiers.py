@@ -2,6 +2,8 @@
 
 From the fully connected baseline through LeNet-5 and an AlexNet-style net to the
 two nets we recommend: a small conv-BN-ReLU CNN for MNIST and a residual CNN for CIFAR-10.
+Each names its first convolution (`input_layer`); the CNNs split into `features` and `head`
+(FeaturesAndHead in cnnlab/protocol.py), which GeoTrans relies on.
 """
 
 from typing import Literal
