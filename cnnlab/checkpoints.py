@@ -25,11 +25,14 @@ from typing_extensions import override
 
 from cnnlab.command_line import short
 from cnnlab.errors import CnnlabError
-from cnnlab.records import CHECKPOINT_KEY, read_summary
+from cnnlab.records import CHECKPOINT_KEY, file_sha256, read_summary
 from cnnlab.run_dir import CHECKPOINTS, latest_run_with_checkpoint, run_dir_of
 
 LINKED = ("image_shape", "num_classes", "class_names")  # DataModule properties linked into the model
-TRAINING = ("optimizer", "lr_scheduler")  # model arguments that only matter while training
+TRAINING = ("optimizer", "lr_scheduler")
+# Data settings that define the task a model was trained for: an evaluation with others is another task
+# (normal_classes [0] for a model of [7] scores its anomalies backwards), so they come from the checkpoint.
+TASK = ("normal_classes", "normalize", "binarize", "canvas")  # model arguments that only matter while training
 # Settings that decide how many steps a run takes: a schedule planned over the whole run needs them unchanged.
 PLAN = (
     "trainer.max_epochs",
@@ -112,16 +115,54 @@ def read(path: Path) -> Checkpoint:
         for state in raw.get("lr_schedulers") or []
         if isinstance(state, dict) and state.get("total_steps") is not None
     ]
+    state_dict = raw.get("state_dict") or {}
+    check_finite(path, state_dict)
+    run_dir = run_dir_of(path)
+    if run_dir is not None:
+        check_digest(path, run_dir)
     return Checkpoint(
         path=path.resolve(),
-        run_dir=run_dir_of(path),
+        run_dir=run_dir,
         class_path=class_path,
         hparams=hparams,
         meta=dict(raw.get(CHECKPOINT_KEY) or {}),
         global_step=raw.get("global_step"),
         planned_steps=planned,
-        state_dict=raw.get("state_dict") or {},
+        state_dict=state_dict,
     )
+
+
+def check_finite(path: Path, state_dict: dict) -> None:
+    """Weights that hold NaN or infinity give nothing but NaN scores (and tracebacks in figures)."""
+    bad = [
+        name
+        for name, value in state_dict.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+    if bad:
+        names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CnnlabError(
+            f"--ckpt_path {path} holds non-finite weights (NaN or infinity in {names}): the run diverged before "
+            "this checkpoint was saved, or the file was changed. Use a checkpoint saved before the divergence "
+            "(cnnlab's own runs keep only finite states in last.ckpt), or train again with a lower learning rate."
+        )
+
+
+def check_digest(path: Path, run_dir: Path) -> None:
+    """A checkpoint of one of our runs must still be the file its run wrote (the SHA-256 in the run's
+    record): a changed file would be evaluated, and recorded, as the run's."""
+    recorded = read_summary(run_dir).get("checkpoints") or {}
+    for entry in recorded.values():
+        if not isinstance(entry, dict) or Path(entry.get("path", "")).resolve() != path.resolve():
+            continue
+        digest = file_sha256(path)
+        if digest != entry.get("sha256"):
+            raise CnnlabError(
+                f"--ckpt_path {path}: its bytes changed since its run wrote it (SHA-256 {digest[:12]}..., the run's "
+                f"record {run_dir}/summary.json says {str(entry.get('sha256'))[:12]}...). An evaluation of it would "
+                "be recorded as the run's. Use the run's other checkpoint, or, if you changed it on purpose, copy "
+                "it out of the run's checkpoints/ folder and evaluate the copy (a record of its own)."
+            )
 
 
 # -- comparing settings ------------------------------------------------------------------------------
@@ -175,11 +216,12 @@ class Agreement:
     from_checkpoint: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # config value, checkpoint value
     applied: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # given value, checkpoint value
     ignored: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    task: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # data settings taken from the checkpoint
     training_changed: bool = False  # optimiser/scheduler settings differ on a resume: ResumeChanges applies them
 
     def record(self) -> dict:
         out = {}
-        for name in ("from_checkpoint", "applied", "ignored"):
+        for name in ("from_checkpoint", "applied", "ignored", "task"):
             values = getattr(self, name)
             if values:
                 out[name] = {key: {"now": now, "checkpoint": then} for key, (now, then) in values.items()}
@@ -196,6 +238,11 @@ class Agreement:
             notes.append("applied as given on the command line: " + describe(self.applied))
         if self.ignored:
             notes.append("ignored, optimiser settings do nothing in an evaluation: " + describe(self.ignored))
+        if self.task:
+            notes.append(
+                "the data is set up for the task the checkpoint was trained for: "
+                + "; ".join(f"{key} {then!r} (the config says {now!r})" for key, (now, then) in self.task.items())
+            )
         return notes
 
 
@@ -238,6 +285,32 @@ def reconcile(config: Namespace, checkpoint: Checkpoint, explicit: dict[str, str
     return agreement
 
 
+def reconcile_task(config: Namespace, checkpoint: Checkpoint, explicit: dict[str, str], agreement: Agreement) -> None:
+    """An evaluation runs on the task its checkpoint was trained for (TASK): the checkpoint's value where
+    the config's differs, said in the notes; a different value given on the command line is refused."""
+    trained = checkpoint.meta.get("config")
+    if not isinstance(trained, dict) or not isinstance(config.get("data"), Namespace):
+        return
+    if trained.get("data", {}).get("class_path") != config.data.get("class_path"):
+        return  # other data altogether: its settings mean other things
+    for name in TASK:
+        key = f"data.init_args.{name}"
+        if name not in (config.data.get("init_args") or {}) or name not in trained["data"].get("init_args", {}):
+            continue
+        now, then = get(config, key), get(trained, key)
+        if now == then:
+            continue
+        if given_on_command_line(name, explicit, "data"):
+            raise CnnlabError(
+                f"--data.{name} {now!r} differs from the {then!r} that {checkpoint.path} was trained with; {name} "
+                "defines the task (which digits are normal, what the pixels mean), so the model's scores would "
+                f"answer another question. Leave --data.{name} out to evaluate the task it was trained for, or "
+                f"train a model with {name} {now!r}."
+            )
+        config[key] = then
+        agreement.task[f"data.{name}"] = (now, then)
+
+
 def set_leaf(tree: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -252,21 +325,28 @@ def to_namespace(value: Any) -> Any:
 
 
 def check_weights_fit(model: torch.nn.Module, checkpoint: Checkpoint, agreement: Agreement) -> None:
-    """Load the checkpoint's weights into the model the command built, so that changes they cannot take
-    are refused before anything is written."""
+    """Refuse, before anything is written, a model whose parameters and buffers the checkpoint's weights
+    cannot take (another width, another backbone): the same names and shapes. Lightning loads the
+    weights itself when the command runs; they are not loaded twice."""
     if not checkpoint.state_dict:
         return
-    try:
-        model.load_state_dict(checkpoint.state_dict, strict=True)
-    except RuntimeError as err:
+    expected = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    saved = {k: v for k, v in checkpoint.state_dict.items() if isinstance(v, torch.Tensor)}
+    problems = [f"missing {k}" for k in expected if k not in saved]
+    problems += [f"unexpected {k}" for k in saved if k not in expected]
+    problems += [
+        f"{k} is {tuple(saved[k].shape)} in the checkpoint, {tuple(v.shape)} here"
+        for k, v in expected.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
+    if problems:
         changed = agreement.applied or agreement.from_checkpoint
         what = f"the model arguments given differ: {describe(changed)}" if changed else "the model differs"
-        first = str(err).strip().splitlines()
+        listed = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise CnnlabError(
-            f"The weights in {checkpoint.path} do not fit the model this command builds ({what}; torch: "
-            f"{' '.join(line.strip() for line in first[:3])}). Leave out the arguments that change the network's "
-            "shape, or train a new run with them."
-        ) from None
+            f"The weights in {checkpoint.path} do not fit the model this command builds ({what}; {listed}). "
+            "Leave out the arguments that change the network's shape, or train a new run with them."
+        )
 
 
 def check_schedule_plan(config: Namespace, checkpoint: Checkpoint) -> None:

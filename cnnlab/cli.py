@@ -4,6 +4,8 @@ run and per evaluation (cnnlab/run_dir.py), records that a later command never r
 one-paragraph errors (exit 2) instead of tracebacks. docs/design.md describes the whole.
 """
 
+import contextlib
+import errno
 import inspect
 import os
 import sys
@@ -12,43 +14,47 @@ from pathlib import Path
 
 import torch
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from typing_extensions import override
 
 from callbacks.nonfinite_loss import NonFiniteLossGuard
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.schedule_guard import ScheduleLengthGuard
 from cnnlab import checkpoints
-from cnnlab.command_line import explicit_settings, integer_limits
+from cnnlab.atomic import disk_full
+from cnnlab.checkpoint_io import AtomicCheckpointIO
+from cnnlab.command_line import explicit_settings, integer_limits, parse_error_paragraph
 from cnnlab.environment import DEBUG_ENV
 from cnnlab.errors import CnnlabError
 from cnnlab.lightning_internals import CnnlabInternals, TimedProgressBar
-from cnnlab.protocol import check_pairing
+from cnnlab.protocol import check_configuration
 from cnnlab.records import RunRecord, git_commit, read_summary
 from cnnlab.run_dir import (
     CHECKPOINTS,
     RUNS_ROOT,
-    create,
+    claim_evaluation_dir,
+    claim_run_dir,
+    claim_standalone_dir,
     hand_down,
     inherited_dirs,
     launched_as_rank_zero,
-    new_evaluation_dir,
-    new_run_dir,
-    new_standalone_dir,
+    release,
 )
 from cnnlab.seeds.sweep import wandb_labels_from_env
 from cnnlab.wandb_logger import WandbLogger
+from lightning_modules.optimization import unbounded_plan
 
 # Lightning 2.6 calls a torch.utils._pytree function that torch 2.10+ deprecates, on every run; nothing a
 # user can change. Silenced here, at the one message, until Lightning catches up.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 DEFAULT_SEED = 1234
-LINKS = ("image_shape", "num_classes", "class_names")  # DataModule property -> model argument of the same name
+LINKS = checkpoints.LINKED  # DataModule property -> model argument of the same name
 WANDB_LOGGER = "cnnlab.wandb_logger.WandbLogger"
 
 
@@ -85,7 +91,7 @@ class CnnlabCLI(CnnlabInternals):
         kwargs.setdefault("seed_everything_default", DEFAULT_SEED)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("trainer_defaults", {"logger": {"class_path": WANDB_LOGGER}, "default_root_dir": RUNS_ROOT})
-        kwargs.setdefault("parser_kwargs", {"parser_mode": "yaml"})
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "yaml", "exit_on_error": False})
         super().__init__(args=args, run=run, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:
@@ -128,7 +134,10 @@ class CnnlabCLI(CnnlabInternals):
 
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:  # exit_on_error is off: jsonargparse's report becomes one paragraph
+            raise CnnlabError(parse_error_paragraph(str(err), self.argv)) from None
         subcommand = self.config.get("subcommand")
         config = self._config
         if config.get("seed_everything") is False:
@@ -149,6 +158,8 @@ class CnnlabCLI(CnnlabInternals):
             config.ckpt_path = str(path)
             self.checkpoint = checkpoints.read(path)
             self.agreement = checkpoints.reconcile(config, self.checkpoint, self.explicit, subcommand)
+            if subcommand != "fit":
+                checkpoints.reconcile_task(config, self.checkpoint, self.explicit, self.agreement)
             self._seed_from_checkpoint(config, subcommand)
             if subcommand == "fit":
                 checkpoints.check_schedule_plan(config, self.checkpoint)
@@ -190,16 +201,24 @@ class CnnlabCLI(CnnlabInternals):
         seed = config.seed_everything
         ckpt = self.checkpoint
         inherited = inherited_dirs()
+        # Only the process that writes the records claims a directory; a rank started by a cluster's
+        # launcher beside it (no directory handed down) writes none, so it names one without making it.
+        claim = {"create": launched_as_rank_zero()}
+        self.claimed: Path | None = None
         if inherited is not None:
             run_dir, output_dir = inherited
         elif subcommand == "fit":
-            run_dir = ckpt.run_dir if self.resuming_in_place else new_run_dir(self.root / self.experiment, seed)
+            if self.resuming_in_place:
+                run_dir = ckpt.run_dir
+            else:
+                run_dir = self.claimed = claim_run_dir(self.root / self.experiment, seed, **claim)
             output_dir = run_dir
         elif ckpt is not None and ckpt.run_dir is not None:
-            run_dir, output_dir = ckpt.run_dir, new_evaluation_dir(ckpt.run_dir, subcommand)
+            run_dir = ckpt.run_dir
+            output_dir = self.claimed = claim_evaluation_dir(ckpt.run_dir, subcommand, **claim)
         else:  # an evaluation of fresh weights or of a checkpoint from elsewhere: a record of its own
             run_dir = None
-            output_dir = new_standalone_dir(self.root / self.experiment, seed, subcommand)
+            output_dir = self.claimed = claim_standalone_dir(self.root / self.experiment, seed, subcommand, **claim)
         self.run_dir, self.output_dir = run_dir, output_dir
         if ckpt is not None and ckpt.run_dir is not None and subcommand != "fit":
             recorded = ckpt.meta.get("experiment") or read_summary(ckpt.run_dir).get("experiment")
@@ -282,7 +301,7 @@ class CnnlabCLI(CnnlabInternals):
         ):
             callbacks.append(TimedProgressBar())  # redrawn on a clock, not every step (lightning_internals.py)
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
-        return super().instantiate_trainer(**kwargs)
+        return super().instantiate_trainer(**kwargs, plugins=with_atomic_checkpoints(trainer_config.get("plugins")))
 
     def _record_details(self) -> dict:
         details = {}
@@ -295,16 +314,34 @@ class CnnlabCLI(CnnlabInternals):
             details["training_seed"] = self.checkpoint.seed
         return details
 
+    @contextlib.contextmanager
+    def _refused_leaves_nothing(self):
+        """A command refused after it claimed its directory (a setting a class rejects, weights that do
+        not fit) removes the directory again, as long as nothing was written into it."""
+        try:
+            yield
+        except BaseException:
+            if self.claimed is not None:
+                release(self.claimed, stop=self.root.resolve().parent)
+            raise
+
+    @override
+    def instantiate_classes(self) -> None:
+        with self._refused_leaves_nothing():
+            super().instantiate_classes()
+
     @override
     def after_instantiate_classes(self) -> None:
+        with self._refused_leaves_nothing():
+            self._check_and_record()
+
+    def _check_and_record(self) -> None:
         config = self._config
-        check_pairing(self.model, self.datamodule)
+        check_configuration(self.model, self.datamodule, self.trainer.callbacks)
         if self.checkpoint is not None:
             checkpoints.check_weights_fit(self.model, self.checkpoint, self.agreement)
         self._drop_unused_links()
-        text = self.parser.dump(self.config, skip_none=False, skip_check=True, skip_link_targets=False)
-        dumped = yaml.safe_load(text)
-        dumped = dumped[self.subcommand] if self.subcommand else dumped
+        dumped = self.resolved_config()  # the dump Lightning made for the hyperparameters, made once
         # Links applied at instantiation reach the model but not the parsed config; write them in so
         # the records show the shapes that ran, not the signature's defaults.
         init_args = (dumped.get("model") or {}).get("init_args")
@@ -321,13 +358,16 @@ class CnnlabCLI(CnnlabInternals):
             **({"training_run": (read_summary(self.run_dir).get("wandb") or {}).get("id")} if self.run_dir else {}),
         }
         if inherited_dirs() is None and launched_as_rank_zero():
-            if not self.output_dir.exists():
-                create(self.output_dir)
             if self.resuming_in_place:
                 keep_earlier_metrics(self.output_dir)
             say(f"{self.subcommand or 'fit'} '{self.experiment}' (seed {config.seed_everything}) -> {self.output_dir}")
             for note in self.agreement.notes():
                 say(note)
+            if self.subcommand in ("validate", "test", "predict") and self.checkpoint is None:
+                say(
+                    f"warning: no --ckpt_path, so this {self.subcommand} uses the model's freshly initialised (random) "
+                    "weights. Add --ckpt_path best (or last, or a checkpoint file) to use a trained model."
+                )
 
     def _drop_unused_links(self) -> None:
         """LightningCLI records a linked value in the model's hparams even where the model has no such
@@ -364,10 +404,42 @@ class CnnlabCLI(CnnlabInternals):
         try:
             method(**kwargs)
             failed = False
+        except OSError as err:
+            if disk_full(err) or err.errno in (errno.EROFS, errno.EACCES):
+                raise CnnlabError(self._storage_failure(err)) from err
+            raise
         finally:
             for logger in self.trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.finish(failed)
+
+    def _storage_failure(self, err: OSError) -> str:
+        """What a full or read-only disk during a command means for its run, and how to go on."""
+        where = err.filename or self.output_dir
+        what = "is full" if disk_full(err) else "cannot be written"
+        text = f"The disk {what} ({err.strerror}: {where}), so the {self.subcommand} stopped."
+        if self.subcommand != "fit":
+            return f"{text} Its record {self.output_dir}/summary.json says so. Free space there and run it again."
+        summary = read_summary(self.output_dir)
+        verified = summary.get("checkpoints") or {}
+        text += f" The run's record {self.output_dir}/summary.json says failed and why."
+        if verified:
+            name = "last" if "last" in verified else "best"
+            path = verified[name]["path"]
+            return (
+                f"{text} Free space there (or set --trainer.default_root_dir to another disk), then resume from its "
+                f"{name} checkpoint, which verifies against the SHA-256 in the record: add --ckpt_path {path} to "
+                "the same command."
+            )
+        return f"{text} No checkpoint had been written; free space there and start the run again."
+
+
+def with_atomic_checkpoints(plugins) -> list:
+    """The configured trainer plugins, plus AtomicCheckpointIO unless one of them is a CheckpointIO."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
 
 
 def drop_idle_wandb(trainer_config) -> None:
@@ -413,13 +485,9 @@ def check_trainer_settings(config: Namespace) -> None:
             "--trainer.precision 32-true --trainer.devices 1."
         )
     scheduler = ((config.model.get("init_args") or {}).get("lr_scheduler") or {}) if config.get("model") else {}
-    planned = "OneCycleLR" in str(scheduler.get("class_path") if isinstance(scheduler, Namespace) else "")
-    if planned and trainer.get("max_epochs") == -1 and (trainer.get("max_steps") or -1) == -1:
-        raise CnnlabError(
-            "trainer.max_epochs is -1 (train without end) with no max_steps, but the one-cycle learning-rate "
-            "schedule is planned over the whole run and needs its length. Give a number of epochs "
-            "(--trainer.max_epochs 10) or of steps (--trainer.max_steps 5000)."
-        )
+    class_path = str(scheduler.get("class_path") if isinstance(scheduler, Namespace) else "")
+    if "OneCycleLR" in class_path and trainer.get("max_epochs") == -1 and (trainer.get("max_steps") or -1) == -1:
+        raise unbounded_plan(class_path.rsplit(".", 1)[-1])
 
 
 def find_cnnlab_error(err: BaseException) -> CnnlabError | None:

@@ -69,3 +69,66 @@ def integer_limits(config: Namespace, explicit: dict[str, str]) -> list[str]:
             config.trainer[name] = int(value)
             found.append(name)
     return found
+
+
+# -- jsonargparse's refusals as one paragraph ------------------------------------------------------
+
+_KEY = re.compile(r'Parser key "([^"]+)"')
+_CLASS = re.compile(r"Problem with given class_path '([^']+)'")
+_UNKNOWN = re.compile(r"Option '([^']+)' is not accepted")
+_EXPECTED = re.compile(r"Expected a (?:<class '([^']+)'>|typing\.Literal\[([^\]]*)\])")
+_GOT = re.compile(r"(?:Got value|Given value): ([^\n]*)")
+
+
+def _accepted(message: str) -> str | None:
+    """What the innermost refused key takes: its types, or the values of a Literal."""
+    types, choices = [], []
+    for name, literal in _EXPECTED.findall(message):
+        if literal:
+            choices += [c.strip() for c in literal.split(",")]
+        elif name != "NoneType":
+            types.append(name)
+    if choices:
+        return "one of " + ", ".join(dict.fromkeys(choices))
+    return "a value of type " + " or ".join(dict.fromkeys(types)) if types else None
+
+
+def parse_error_paragraph(message: str, argv: list[str]) -> str:
+    """jsonargparse's refusal of a setting (a nested report of 10-80 lines with every Union member it
+    tried) as one paragraph: the key as the user spells it, what it got, what it accepts, and where to
+    look. Anything this does not recognise keeps jsonargparse's first line."""
+    subcommand = next((a for a in argv[:1] if a in ("fit", "validate", "test", "predict")), None)
+    if subcommand is None:
+        return f"{' '.join(message.split())}. `python train.py --help` lists the subcommands."
+    help_line = f"`python train.py {subcommand} --help` lists every setting and what it accepts"
+    missing = re.search(r"File does not exist: '([^']+)'", message)
+    if missing:
+        return f"The --config file {missing.group(1)} does not exist. Give the path of a YAML config (configs/)."
+    if message.startswith("Unexpected config"):
+        return (
+            "A --config file holds no settings (it is empty, or not a YAML mapping of settings). Give a config "
+            f"such as configs/mnist_classifier.yaml. {help_line}."
+        )
+    key = ".".join(short(k) for k in _KEY.findall(message))
+    found = _CLASS.search(message)
+    owner = found.group(1) if found else None
+    if owner:
+        section = key.split(".")[0]
+        help_line = f"`python train.py {subcommand} --{section}.help {owner}` lists the settings of {owner}"
+    unknown = _UNKNOWN.search(message)
+    if unknown:
+        name = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
+        return (
+            f"{name} is not a setting of {owner or 'this command'} (a typo, or a setting of another class?). "
+            f"{help_line}."
+        )
+    accepted = _accepted(message)
+    if key and accepted:
+        value = explicit_settings(argv).get(key)  # as typed; from a --config file, as jsonargparse read it
+        if value is None:
+            plain = [v for v in _GOT.findall(message) if "NestedArg(" not in v and "Namespace(" not in v]
+            value = plain[0].strip() if plain else None
+        got = f" got {value!r}, but it" if value is not None else ""
+        return f"{key}{got} takes {accepted}. {help_line}."
+    first = " ".join(message.strip().splitlines()[0].split()) if message.strip() else "the arguments were refused"
+    return f"{first}. {help_line}."

@@ -1,16 +1,22 @@
-"""The one place where cnnlab touches Lightning's private members (LightningCLI's, and
-TQDMProgressBar's `_should_update`), and why.
+"""The one place where cnnlab touches Lightning's private or undocumented members (LightningCLI's,
+TQDMProgressBar's `_should_update`, WandbLogger's state, `lightning.pytorch.overrides`), and why.
 
 Tested with lightning 2.6.6 (the versions pyproject.toml admits are those the test suite has passed on;
 see docs/design.md). Each override is written so that a Lightning without the private method it
 replaces behaves the same: cnnlab reconciles `--ckpt_path` in the public `parse_arguments` hook itself.
 """
 
+import copy
 import time
 
 import yaml
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+
+# Evaluation batches of DDP ranks without DistributedSampler's padding (each sample once): Lightning's
+# own sampler, from its undocumented `overrides` module (datamodules/base.py uses it).
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler  # noqa: F401
 from typing_extensions import override
 
 _PARSERS: dict = {}  # a warm process's argument parsers (cnnlab-seeds workers), see WarmParsers
@@ -36,6 +42,12 @@ class CnnlabInternals(LightningCLI):
         self.config_dump = yaml.safe_load(dump)
         if "subcommand" in self.config:
             self.config_dump = self.config_dump[self.config.subcommand]
+
+    def resolved_config(self) -> dict:
+        """The resolved config as plain data (a copy of the one dump Lightning's `_dump_config` makes,
+        for the checkpoints' hyperparameters, and the records)."""
+        self._dump_config()
+        return copy.deepcopy(self.config_dump)
 
 
 class WarmParsers(LightningCLI):
@@ -96,3 +108,26 @@ class TimedProgressBar(TQDMProgressBar):
             if logging_step:
                 bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             bar.refresh()
+
+
+class WandbInternals(WandbLogger):
+    """What cnnlab's WandbLogger (cnnlab/wandb_logger.py) needs of Lightning's WandbLogger state, which
+    it keeps in private attributes: the arguments it will hand to `wandb.init` (`_wandb_init`), the
+    run once started (`_experiment`), its offline flag (`_offline`, on which it would set WANDB_MODE
+    after wandb's session had started), and its own way of starting the run (the `experiment`
+    property's body, which cnnlab calls from a background thread)."""
+
+    @property
+    def init_kwargs(self) -> dict:
+        return self._wandb_init
+
+    @property
+    def current_run(self):
+        """The W&B run if it was started, else None (never starts one)."""
+        return getattr(self, "_experiment", None)
+
+    def clear_lightning_offline(self) -> None:
+        self._offline = False
+
+    def start_lightning_run(self):
+        return WandbLogger.experiment.fget(self)

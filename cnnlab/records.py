@@ -15,10 +15,10 @@ files as `train.py`.
 """
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import time
 from datetime import datetime
@@ -32,8 +32,14 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+from cnnlab.atomic import disk_full, write_atomically
 from cnnlab.errors import CnnlabError
-from cnnlab.run_dir import new_evaluation_dir
+from cnnlab.run_dir import EVALUATIONS, claim_evaluation_dir
 
 SUMMARY = "summary.json"
 CHECKPOINT_KEY = "cnnlab"  # our entry in a Lightning checkpoint
@@ -52,22 +58,48 @@ def read_summary(directory: Path | str | None) -> dict:
 
 
 def write_summary(directory: Path, summary: dict) -> None:
-    """Replace summary.json whole (a reader never sees half a file)."""
-    tmp = directory / f".{SUMMARY}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
-    tmp.replace(directory / SUMMARY)
+    """Replace summary.json whole (a reader never sees half a file). On a full disk the record is
+    still brought up to date in place, since it is what tells the user why the run stopped."""
+    data = json.dumps(summary, indent=2, sort_keys=True, default=str).encode()
+    try:
+        write_atomically(directory / SUMMARY, data)
+    except OSError as err:
+        if not disk_full(err):
+            raise
+        # The old file's blocks are freed by the truncation: a record of a few KB fits where the
+        # temporary copy beside it did not.
+        with open(directory / SUMMARY, "wb") as handle:
+            handle.write(data)
 
 
 @contextlib.contextmanager
 def locked(directory: Path):
-    """One writer of a directory's summary.json at a time (two evaluations of one run may end together)."""
+    """One writer of a directory's summary.json at a time (two evaluations of one run may end
+    together). POSIX: an flock on the directory itself, so no lock file is left behind; Windows (no
+    fcntl): an msvcrt lock on a lock file."""
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / f".{SUMMARY}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    if fcntl is not None:
+        handle = os.open(directory, os.O_RDONLY)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(handle)  # closing releases the lock
+        return
+    import msvcrt
+
+    with open(directory / f".{SUMMARY}.lock", "a+b") as handle:
+        while True:
+            try:
+                msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+                break
+            except OSError:  # LK_LOCK gives up after 10 s; another writer holds it longer
+                continue
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
 def update_summary(directory: Path, change) -> dict:
@@ -117,9 +149,12 @@ def tensors_sha256(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def data_identity(datamodule, split: str | None) -> dict:
+def data_identity(datamodule, split: str | None, evaluated: int | None = None, ordered: bool = True) -> dict:
     """What an evaluation ran on: the DataModule class and settings that choose the data, the split,
-    its size and a fingerprint (SHA-256) of its exact images and labels as loaded."""
+    how many samples were evaluated (`size`; `split_size` is the whole split, more where a
+    `limit_*_batches` stopped early) and a fingerprint (SHA-256) of exactly those images and labels as
+    loaded. Evaluation loaders keep the split's order, so a limited run evaluated its first `size`
+    samples; `ordered=False` (several processes, each a strided share) leaves the fingerprint out."""
     if datamodule is None:
         return {}
     identity: dict[str, Any] = {"class": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"}
@@ -134,8 +169,70 @@ def data_identity(datamodule, split: str | None) -> dict:
         identity["split"] = split
         with contextlib.suppress(CnnlabError, AttributeError):
             images, labels = datamodule.samples(split)
-            identity |= {"size": len(labels), "fingerprint": tensors_sha256(images, labels)}
+            total = len(labels)
+            size = total if evaluated is None else min(evaluated, total)
+            identity |= {"size": size, "split_size": total}
+            if size == total:
+                identity["fingerprint"] = tensors_sha256(images, labels)
+            elif ordered:
+                identity["fingerprint"] = tensors_sha256(images[:size], labels[:size])
     return identity
+
+
+def process_identity() -> dict:
+    """Which process writes a record: host, pid and (Linux) its start time, so that a later command
+    can tell a record whose process is gone (killed) from one still being written."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else int(fields[19])  # a zombie has ended; field 22 of stat: start time
+
+
+def process_gone(identity: dict | None) -> bool:
+    """True only where it is certain: the record's process ran on this host and no longer runs."""
+    if not identity or identity.get("host") != socket.gethostname() or os.name == "nt":
+        return False  # another machine's process, or Windows (os.kill would end it): not known
+    pid = identity.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    start = identity.get("start")
+    return start is not None and _start_time(pid) != start  # ended, and the pid taken by another process
+
+
+def settle_abandoned(run_dir: Path) -> list[Path]:
+    """Mark the records of a run that say `running` but whose process has ended (kill -9, a lost
+    node) as interrupted: the run's own record, and each of its evaluations (also listed in the run's
+    `evaluations` then). Returns the directories marked."""
+    marked = []
+    for directory in [run_dir, *sorted((run_dir / EVALUATIONS).glob("*/"))]:
+        summary = read_summary(directory)
+        if summary.get("status") != "running" or not process_gone(summary.get("process")):
+            continue
+        why = f"its process (pid {summary['process']['pid']}) ended before the record was finished: killed?"
+
+        def interrupt(record: dict, why: str = why) -> None:
+            if record.get("status") == "running":
+                record |= {"status": "interrupted", "error": why}
+
+        update_summary(directory, interrupt)
+        marked.append(directory)
+        if directory != run_dir:
+            entry = {k: summary.get(k) for k in ("subcommand", "dir", "checkpoint", "started")}
+            entry |= {"status": "interrupted", "error": why}
+            update_summary(run_dir, lambda record, entry=entry: record.setdefault("evaluations", []).append(entry))
+    return marked
 
 
 def now() -> str:
@@ -177,6 +274,8 @@ class RunRecord(Callback):
         self.details = dict(details or {})
         self._started = time.time()
         self._stage: str | None = None
+        self._evaluation: tuple[Path, Path | None] | None = None  # (its directory, its run) while one runs
+        self._evaluated = 0  # samples this process evaluated
 
     # -- what the record says ----------------------------------------------------------------
 
@@ -185,13 +284,11 @@ class RunRecord(Callback):
 
     def _evaluation_dirs(self, trainer: Trainer) -> tuple[Path, Path | None]:
         """Where an evaluation's record goes, and the run it belongs to. A plain Trainer that tests
-        after fitting logs into the run's own folder: its record goes to `evaluations/<time>-<stage>/`
-        there, so the finished training record is never rewritten."""
+        after fitting logs into the run's own folder: each of its evaluations claims a directory
+        `evaluations/<time>-<stage>/` there, so the finished training record is never rewritten."""
         directory = self._dir(trainer)
         if self.directory is None and read_summary(directory).get("kind") == "training":
-            evaluation = new_evaluation_dir(directory, self._stage or "evaluation")
-            evaluation.mkdir(parents=True)
-            return evaluation, directory
+            return claim_evaluation_dir(directory, self._stage or "evaluation"), directory
         return directory, self.run_dir
 
     def _seed(self) -> int | None:
@@ -209,13 +306,13 @@ class RunRecord(Callback):
     def _wandb(self, trainer: Trainer) -> dict | None:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                offline = getattr(logger, "offline", getattr(logger, "_offline", False))
+                offline = getattr(logger, "offline", None)  # cnnlab's logger says; Lightning's keeps it private
                 return {
                     "id": logger.version,
                     "project": logger.name,
                     "dir": logger.save_dir,
-                    "mode": None if offline is None else "offline" if offline else "online",  # None: not started
-                    "started": bool(getattr(logger, "started", getattr(logger, "_experiment", None) is not None)),
+                    "mode": None if offline is None else "offline" if offline else "online",  # None: not known
+                    "started": getattr(logger, "started", None),
                 }
         return None
 
@@ -237,12 +334,32 @@ class RunRecord(Callback):
             "config": self._config(trainer, pl_module),
         }
 
+    def _checkpoint_files(self, trainer: Trainer) -> dict[str, dict]:
+        """best and last as they are on disk, with their SHA-256: a later load checks the file against
+        it. A file whose bytes differ from what this process wrote (AtomicCheckpointIO's digests) is
+        left out rather than vouched for."""
+        callback = trainer.checkpoint_callback
+        written = getattr(trainer.strategy.checkpoint_io, "digests", {})
+        files = {}
+        for name, path in (
+            ("best", getattr(callback, "best_model_path", "")),
+            ("last", getattr(callback, "last_model_path", "")),
+        ):
+            if not path or not Path(path).is_file():
+                continue
+            digest = file_sha256(path)
+            if written.get(str(Path(path).resolve()), digest) == digest:
+                files[name] = {"path": str(path), "sha256": digest}
+        return files
+
     # -- fit -------------------------------------------------------------------------------------
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._stage = stage
         self._started = time.time()
+        if stage != TrainerFn.FITTING and trainer.is_global_zero:
+            self._evaluation_start(trainer, pl_module, stage)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -259,7 +376,7 @@ class RunRecord(Callback):
                 resume = {"from": self.checkpoint, "at": now(), **self.details.get("resume", {})}
                 summary.setdefault("resumes", []).append(resume)
                 summary.pop("error", None)
-            summary |= {"status": "running", "wandb": self._wandb(trainer)}
+            summary |= {"status": "running", "process": process_identity(), "wandb": self._wandb(trainer)}
 
         update_summary(directory, start)
 
@@ -270,6 +387,7 @@ class RunRecord(Callback):
         checkpoint = trainer.checkpoint_callback
         metrics = self._metrics(trainer, "fit")
         seconds = round(time.time() - self._started, 3)
+        files = self._checkpoint_files(trainer)
 
         def finish(summary: dict) -> None:
             summary |= {
@@ -280,6 +398,7 @@ class RunRecord(Callback):
                 "global_step": trainer.global_step,
                 "metrics": {**summary.get("metrics", {}), **metrics},
                 "fit_seconds": round(summary.get("fit_seconds", 0.0) + seconds, 3),
+                "checkpoints": files,
             }
             if checkpoint is not None:
                 score = getattr(checkpoint, "best_model_score", None)
@@ -306,38 +425,75 @@ class RunRecord(Callback):
 
     # -- evaluations -----------------------------------------------------------------------------
 
-    def _evaluation_end(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if trainer.state.fn == TrainerFn.FITTING or not trainer.is_global_zero:
-            return
-        datamodule = trainer.datamodule
-        split = {"validate": "val", "test": "test", "predict": getattr(datamodule, "predict_split", "test")}[stage]
-        directory, run_dir = self._evaluation_dirs(trainer)
+    def _evaluation_start(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """A `running` record before the first batch, so that an evaluation killed mid-way leaves a
+        record that says so (marked interrupted by the next command on the run: settle_abandoned)."""
+        directory, run_dir = self._evaluation = self._evaluation_dirs(trainer)
+        self._evaluated = 0
+        if run_dir is not None:
+            settle_abandoned(run_dir)
         checkpoint = {"path": self.checkpoint}
         if self.checkpoint and Path(self.checkpoint).is_file():
             checkpoint["sha256"] = file_sha256(self.checkpoint)
         record = {
             "kind": "evaluation",
             "subcommand": stage,
-            "status": "finished",
+            "status": "running",
             "dir": str(directory),
             "run_dir": str(run_dir) if run_dir else None,
             "checkpoint": checkpoint,
-            "data": data_identity(datamodule, split),
-            "metrics": self._metrics(trainer, stage),
-            "started": datetime.fromtimestamp(self._started).isoformat(timespec="seconds"),
-            "finished": now(),
-            "seconds": round(time.time() - self._started, 3),
-            "wandb": self._wandb(trainer),
+            "started": now(),
+            "process": process_identity(),
             **self._base(trainer, pl_module),
             **self.details,
         }
         update_summary(directory, lambda summary: summary.update(record))
+
+    def _count(self, trainer: Trainer, batch: Any) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            first = batch[0] if isinstance(batch, list | tuple) else batch
+            self._evaluated += len(first)
+
+    def _evaluation_end(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            return
+        # Every rank evaluated its share (each sample once: evaluation samplers do not pad).
+        evaluated = int(
+            trainer.strategy.reduce(torch.tensor(float(self._evaluated), device=pl_module.device), reduce_op="sum")
+        )
+        if not trainer.is_global_zero or self._evaluation is None:
+            return
+        (directory, run_dir), self._evaluation = self._evaluation, None
+        datamodule = trainer.datamodule
+        split = {"validate": "val", "test": "test", "predict": getattr(datamodule, "predict_split", "test")}[stage]
+        limit = getattr(trainer, f"limit_{'val' if stage == 'validate' else stage}_batches", None)
+        data = data_identity(datamodule, split, evaluated, ordered=trainer.world_size == 1)
+        record = {
+            "status": "finished",
+            "data": {**data, "limit_batches": limit},
+            "metrics": self._metrics(trainer, stage),
+            "finished": now(),
+            "seconds": round(time.time() - self._started, 3),
+            "wandb": self._wandb(trainer),
+        }
+        summary = update_summary(directory, lambda summary: summary.update(record))
         if run_dir is not None and run_dir.resolve() != directory.resolve():
-            entry = {
-                k: record[k] for k in ("subcommand", "status", "dir", "checkpoint", "metrics", "finished", "seconds")
-            }
-            entry["data"] = {k: record["data"].get(k) for k in ("split", "size", "fingerprint", "data_dir")}
+            entry = {k: summary.get(k) for k in ("subcommand", "status", "dir", "checkpoint", "metrics", "finished")}
+            entry["seconds"] = summary.get("seconds")
+            entry["data"] = {k: data.get(k) for k in ("split", "size", "split_size", "fingerprint", "data_dir")}
             update_summary(run_dir, lambda summary: summary.setdefault("evaluations", []).append(entry))
+
+    @override
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._count(trainer, batch)
+
+    @override
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._count(trainer, batch)
+
+    @override
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._count(trainer, batch)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -361,6 +517,7 @@ class RunRecord(Callback):
         status = "interrupted" if stopped else "failed"
         error = f"{type(exception).__name__}: {exception}"[:2000]
         fitting = trainer.state.fn == TrainerFn.FITTING
+        files = self._checkpoint_files(trainer) if fitting else {}
 
         def fail(summary: dict) -> None:
             if not summary:
@@ -369,8 +526,13 @@ class RunRecord(Callback):
                 if not fitting:
                     summary |= {"subcommand": self._stage, "checkpoint": {"path": self.checkpoint}}
             summary |= {"status": status, "error": error, "finished": now()}
+            if files:
+                summary["checkpoints"] = files
 
-        directory, run_dir = (self._dir(trainer), None) if fitting else self._evaluation_dirs(trainer)
+        if fitting:
+            directory, run_dir = self._dir(trainer), None
+        else:
+            (directory, run_dir), self._evaluation = self._evaluation or self._evaluation_dirs(trainer), None
         update_summary(directory, fail)
         if not fitting and run_dir is not None and run_dir.resolve() != directory.resolve():
             entry = {"subcommand": self._stage, "status": status, "dir": str(directory), "error": error}

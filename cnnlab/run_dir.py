@@ -1,8 +1,9 @@
 """Where a run's files go: `<root>/<experiment>/<YYYYmmdd-HHMMSS>-seed<seed>/` for a training run
 (config.yaml, checkpoints/, logger files, figures/, summary.json), and
 `<run>/evaluations/<YYYYmmdd-HHMMSS>-<subcommand>/` for each validate/test/predict of one of its
-checkpoints. Names are chosen before anything is built and the folders made only once the command
-has passed every check, so a refused command leaves nothing behind.
+checkpoints. A directory is claimed (created exclusively) before anything is built, so that two
+commands started together never share one, and released again if the command is refused before it
+wrote anything, so a refused command leaves nothing behind.
 """
 
 import os
@@ -42,41 +43,69 @@ def forget_handed_down() -> None:
     os.environ.pop(OUTPUT_DIR_ENV, None)
 
 
-def unused_name(parent: Path, stem: str) -> Path:
-    """`parent/stem`, or `stem-2`, `stem-3`... where that is taken."""
-    for attempt in range(1, 1000):
-        path = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
-        if not path.exists():
-            return path
-    raise CnnlabError(f"Could not find a free directory name under {parent}: 999 runs named {stem} exist.")
-
-
-def new_run_dir(parent: Path, seed: int) -> Path:
-    """The name of a new training run's directory (not created yet)."""
-    return unused_name(parent, f"{datetime.now():%Y%m%d-%H%M%S}-seed{seed}")
-
-
-def new_evaluation_dir(run_dir: Path, subcommand: str) -> Path:
-    """The name of a new evaluation record under a run (not created yet)."""
-    return unused_name(run_dir / EVALUATIONS, f"{datetime.now():%Y%m%d-%H%M%S}-{subcommand}")
-
-
-def new_standalone_dir(parent: Path, seed: int, subcommand: str) -> Path:
-    """The name of an evaluation record that belongs to no training run (fresh weights, or a
-    checkpoint from elsewhere), beside the experiment's runs."""
-    return unused_name(parent, f"{datetime.now():%Y%m%d-%H%M%S}-seed{seed}-{subcommand}")
-
-
-def create(path: Path) -> None:
-    """Make a directory chosen by `unused_name`; another process taking it meanwhile is an error
-    rather than two runs in one directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def claim(parent: Path, stem: str, create: bool = True) -> Path:
+    """Create and return `parent/stem`, or `stem-2`, `stem-3`... where that is taken. The directory is
+    created exclusively (mkdir without exist_ok), so two processes that start at the same instant get
+    two directories: the loser of a race takes the next name (docs/design.md, "Many processes").
+    `create=False`: only the name, for a process that writes nothing there."""
+    if not create:
+        return parent / stem
     try:
-        path.mkdir()
-    except FileExistsError:
+        parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 1000):
+            path = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return path
+    except OSError as err:
         raise CnnlabError(
-            f"Another run took the directory {path} while this one started; run the command again."
+            f"Cannot make a directory for this command's record under {parent} ({err.strerror}). Every run and "
+            f"evaluation writes a record of its own there. Make {parent} writable (or free space), or, for an "
+            "evaluation of a run you cannot write to, copy its checkpoint elsewhere and evaluate the copy: its "
+            "record then goes under --trainer.default_root_dir."
         ) from None
+    raise CnnlabError(f"Could not claim a directory under {parent}: 999 directories named {stem}* exist.")
+
+
+def claim_run_dir(parent: Path, seed: int, create: bool = True) -> Path:
+    """A new training run's directory."""
+    return claim(parent, f"{datetime.now():%Y%m%d-%H%M%S}-seed{seed}", create)
+
+
+def claim_evaluation_dir(run_dir: Path, subcommand: str, create: bool = True) -> Path:
+    """A new evaluation record's directory under a run."""
+    return claim(run_dir / EVALUATIONS, f"{datetime.now():%Y%m%d-%H%M%S}-{subcommand}", create)
+
+
+def claim_standalone_dir(parent: Path, seed: int, subcommand: str, create: bool = True) -> Path:
+    """An evaluation record that belongs to no training run (fresh weights, or a checkpoint from
+    elsewhere), beside the experiment's runs."""
+    return claim(parent, f"{datetime.now():%Y%m%d-%H%M%S}-seed{seed}-{subcommand}", create)
+
+
+def release(path: Path, stop: Path) -> bool:
+    """Remove a claimed directory again if nothing was written into it, and the folders above it that
+    are left empty, up to `stop` (a command refused after it claimed its directory leaves nothing
+    behind). Returns whether it is gone."""
+    if path.is_dir():
+        for folder, _, files in os.walk(path, topdown=False):
+            if files:
+                return False
+            try:
+                os.rmdir(folder)
+            except OSError:
+                return False
+    stop = stop.resolve()
+    parent = path.resolve().parent
+    while parent != stop and stop in parent.parents:
+        try:
+            parent.rmdir()  # only an empty folder goes
+        except OSError:
+            break
+        parent = parent.parent
+    return True
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:

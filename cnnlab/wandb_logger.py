@@ -14,10 +14,10 @@ import secrets
 import threading
 from pathlib import Path
 
-from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from cnnlab.errors import CnnlabError
+from cnnlab.lightning_internals import WandbInternals
 
 CONFIG_FILE = "cnnlab_config.yaml"  # W&B reserves config.yaml for its own run config
 
@@ -59,7 +59,7 @@ class _StartingRun:
         setattr(self._logger.wait(), name, value)
 
 
-class WandbLogger(LightningWandbLogger):
+class WandbLogger(WandbInternals):
     """Lightning's WandbLogger, offline by itself where wandb finds no credentials, started in the
     background.
 
@@ -104,10 +104,10 @@ class WandbLogger(LightningWandbLogger):
         # Lightning would set WANDB_MODE for an offline run just before wandb.init, after the credential
         # lookup started wandb's session, and wandb would warn on every run that the change is ignored:
         # the mode goes to wandb.init instead (`_start`), and Lightning's flag is cleared.
-        self._offline = False
+        self.clear_lightning_offline()
         # Lightning passes anonymous=None to wandb.init, which warns on every run that the setting is gone.
-        if self._wandb_init.get("anonymous") is None:
-            self._wandb_init.pop("anonymous", None)
+        if self.init_kwargs.get("anonymous") is None:
+            self.init_kwargs.pop("anonymous", None)
         self._pending_hparams: dict | None = None
         self._pending_config: tuple[str, dict] | None = None
         self._lock = threading.RLock()
@@ -117,14 +117,14 @@ class WandbLogger(LightningWandbLogger):
     @property
     def started(self) -> bool:
         """Whether a W&B run exists (or is being started)."""
-        return self._starter is not None or getattr(self, "_experiment", None) is not None
+        return self._starter is not None or self.current_run is not None
 
     @property
     def experiment(self):
         if rank_zero_only.rank != 0:  # Lightning gives other ranks a stand-in that does nothing
             return super().experiment
         with self._lock:
-            if self._starter is None and getattr(self, "_experiment", None) is None:
+            if self._starter is None and self.current_run is None:
                 self._starter = threading.Thread(target=self._start, name="wandb-start", daemon=True)
                 self._starter.start()
         if self._starter is not None and self._starter.is_alive():
@@ -142,8 +142,8 @@ class WandbLogger(LightningWandbLogger):
                     f"{self.save_dir}/wandb/. Upload later with `wandb sync {self.save_dir}/wandb/offline-run-*`."
                 )
             self.offline = offline
-            self._wandb_init["mode"] = "offline" if offline else "online"
-            run = LightningWandbLogger.experiment.fget(self)
+            self.init_kwargs["mode"] = "offline" if offline else "online"
+            run = self.start_lightning_run()
             with self._lock:
                 self._attach_pending(run)
         except BaseException as err:  # wandb raises its own assorted types: network, auth, usage
@@ -161,12 +161,12 @@ class WandbLogger(LightningWandbLogger):
                 "offline with WANDB_MODE=offline (sync later with `wandb sync`), or choose another logger: "
                 "--config configs/logger/csv.yaml."
             ) from err
-        return self._experiment
+        return self.current_run
 
     def log_hyperparams(self, params) -> None:
         # Held until the run exists; attached by the thread that starts it.
         with self._lock:
-            if getattr(self, "_experiment", None) is not None:
+            if self.current_run is not None:
                 super().log_hyperparams(params)
             else:
                 self._pending_hparams = params
@@ -176,8 +176,8 @@ class WandbLogger(LightningWandbLogger):
         when the run starts."""
         with self._lock:
             self._pending_config = (config_yaml, values)
-            if getattr(self, "_experiment", None) is not None:
-                self._attach_pending(self._experiment)
+            if self.current_run is not None:
+                self._attach_pending(self.current_run)
 
     def _attach_pending(self, run) -> None:
         if self._pending_hparams is not None:

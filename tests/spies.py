@@ -38,3 +38,32 @@ class DtypeSpy(Callback):
 
         self.handle = pl_module.net.register_forward_hook(hook)
         _write(trainer, "autocast_enabled_on_cpu", torch.is_autocast_cpu_enabled())
+
+
+class FillDisk(Callback):
+    """Fills the disk that holds `path` at the start of training epoch `epoch`, leaving `leave` bytes
+    free: the next checkpoint does not fit, as on a disk that filled up during a long run."""
+
+    def __init__(self, path: str, epoch: int = 1, leave: int = 16384) -> None:
+        self.path, self.epoch, self.leave = Path(path), epoch, leave
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch != self.epoch:
+            return
+        import shutil
+
+        free = shutil.disk_usage(self.path.parent).free
+        with open(self.path, "wb") as handle:
+            handle.write(b"\0" * max(0, free - self.leave))
+
+
+class SlowEvaluation(Callback):
+    """Sleeps before each evaluation batch, so that a test can kill the process mid-evaluation."""
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        self.seconds = seconds
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        import time
+
+        time.sleep(self.seconds)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from conftest import MNIST_TEST, MNIST_TRAIN, ROOT, last_evaluation, only_run, summary_of
 
 
@@ -82,14 +81,47 @@ def test_model_seed_changes_training_but_not_the_split(run_cli, tiny_args, tmp_p
     assert first["data_seed"] == second["data_seed"] == 0
 
 
-def test_print_config_shows_the_resolved_config(run_cli, tiny_args, capsys):
+def test_the_printed_config_runs_the_same_experiment(run_cli, tiny_args, tmp_path, capsys):
+    """--print_config gives the resolved config: run from it alone, the experiment trains to the same
+    weights and metrics as the command that printed it."""
+    args = [*tiny_args, "--data.max_train_samples=200", "--seed_everything=3"]
     with pytest.raises(SystemExit) as info:
-        run_cli("fit", [*tiny_args, "--print_config"])
+        run_cli("fit", [*args, "--print_config"])
     assert info.value.code == 0
-    config = yaml.safe_load(capsys.readouterr().out)
-    assert config["model"]["class_path"] == "lightning_modules.ImageClassifier"
-    assert config["model"]["init_args"]["lr_scheduler"]["class_path"] == "torch.optim.lr_scheduler.OneCycleLR"
-    assert config["seed_everything"] == 1234
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    run_cli("fit", args)
+    run_cli("fit", ["--config", str(printed)])
+    original = summary_of(only_run(tmp_path))
+    (again,) = (tmp_path / "runs" / "printed").iterdir()
+    assert summary_of(again)["metrics"] == original["metrics"]
+    assert summary_of(again)["config"]["model"] == original["config"]["model"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (["--data.batch_size=abc"], "data.batch_size got 'abc', but it takes a value of type int"),
+        (["--data.bogus=1"], "data.bogus is not a setting of datamodules.MNISTDataModule"),
+        (["--model.widthx=3"], "model.widthx is not a setting of lightning_modules.ImageClassifier"),
+        (["--trainer.max_epochs=x"], "trainer.max_epochs got 'x'"),
+        (["--config", "EMPTY"], "holds no settings"),
+        (["--config", "MISSING"], "does not exist"),
+    ],
+)
+def test_parser_errors_are_one_paragraph(bad, says, run_cli, tiny_args, tmp_path, capsys):
+    """jsonargparse's refusals were 65-80 lines of usage and Union errors."""
+    (tmp_path / "EMPTY").write_text("")
+    bad = [str(tmp_path / b) if b in ("EMPTY", "MISSING") else b for b in bad]
+    with pytest.raises(SystemExit) as info:
+        run_cli("fit", [*tiny_args, *bad])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    paragraph = err.split("cnnlab: error:", 1)[1].strip().splitlines()[0]
+    assert says in paragraph
+    assert "help" in paragraph or "does not exist" in paragraph
+    assert "usage:" not in err and "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_wrong_config_value_names_the_key(run_cli, tiny_args, capsys):
