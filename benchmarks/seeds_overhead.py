@@ -23,7 +23,7 @@ from pathlib import Path
 from _shared_data import machine
 from seeds_distributions import unpacked_mnist
 
-from cnnlab.seeds.pool import Worker, available_cpus
+from cnnlab.seeds.pool import Worker, threads_per_worker
 from cnnlab.seeds.sweep import Sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def main() -> None:
         threads=args.threads,
         figures=args.figures,
     )
-    threads = sweep.threads or max(1, available_cpus() // sweep.jobs)  # what the launcher gives a worker
+    threads = threads_per_worker(sweep.threads, sweep.jobs)  # what the launcher gives a worker
 
     worker = Worker(0, threads, None, work / "worker.log")
     ready = wait_for(worker, "ready")

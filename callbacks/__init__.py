@@ -2,6 +2,7 @@
 
 from callbacks.dense_prediction_grid import DensePredictionGrid
 from callbacks.filters_and_feature_maps import FilterAndFeatureMaps
+from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.latent_interpolation import LatentInterpolationGIF
 from callbacks.latent_scatter import LatentSpaceScatter
 from callbacks.loss_histogram import LossHistogram
@@ -14,6 +15,7 @@ from callbacks.schedule_guard import ScheduleLengthGuard
 __all__ = [
     "DensePredictionGrid",
     "FilterAndFeatureMaps",
+    "LastCheckpoint",
     "LatentInterpolationGIF",
     "LatentSpaceScatter",
     "LossHistogram",

@@ -25,7 +25,7 @@ from typing_extensions import override
 
 from cnnlab.command_line import short
 from cnnlab.errors import CnnlabError
-from cnnlab.records import CHECKPOINT_KEY, file_sha256, read_summary
+from cnnlab.records import CHECKPOINT_KEY, file_sha256, read_record, read_summary
 from cnnlab.run_dir import CHECKPOINTS, latest_run_with_checkpoint, run_dir_of
 
 LINKED = ("image_shape", "num_classes", "class_names")  # DataModule properties linked into the model
@@ -149,11 +149,15 @@ def check_finite(path: Path, state_dict: dict) -> None:
 
 
 def check_digest(path: Path, run_dir: Path) -> None:
-    """A checkpoint of one of our runs must still be the file its run wrote (the SHA-256 in the run's
-    record): a changed file would be evaluated, and recorded, as the run's."""
-    recorded = read_summary(run_dir).get("checkpoints") or {}
-    for entry in recorded.values():
-        if not isinstance(entry, dict) or Path(entry.get("path", "")).resolve() != path.resolve():
+    """A checkpoint of one of our finished runs must still be the file its run wrote (the SHA-256 in
+    the run's record, matched by file name, so a run directory moved elsewhere is still checked): a
+    changed file would be evaluated, and recorded, as the run's. An unfinished run's checkpoints
+    change with each resume, so only a finished run's are checked."""
+    summary = read_record(run_dir)
+    if summary.get("status") != "finished":
+        return
+    for entry in (summary.get("checkpoints") or {}).values():
+        if not isinstance(entry, dict) or Path(entry.get("path", "")).name != path.name:
             continue
         digest = file_sha256(path)
         if digest != entry.get("sha256"):

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import inspect
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -20,13 +21,15 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.nonfinite_loss import NonFiniteLossGuard
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.schedule_guard import ScheduleLengthGuard
 from cnnlab import checkpoints
-from cnnlab.atomic import disk_full
+from cnnlab.atomic import disk_full, write_atomically
 from cnnlab.checkpoint_io import AtomicCheckpointIO
 from cnnlab.command_line import explicit_settings, integer_limits, parse_error_paragraph
 from cnnlab.environment import DEBUG_ENV
@@ -41,8 +44,10 @@ from cnnlab.run_dir import (
     claim_run_dir,
     claim_standalone_dir,
     hand_down,
+    hold_run,
     inherited_dirs,
     launched_as_rank_zero,
+    let_go,
     release,
 )
 from cnnlab.seeds.sweep import wandb_labels_from_env
@@ -76,7 +81,7 @@ class ConfigFile(Callback):
             return
         path = Path(trainer.default_root_dir, "config.yaml")
         if self.write and not path.exists():
-            path.write_text(self.text)
+            write_atomically(path, self.text.encode())
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.attach_config(self.text, self.values)
@@ -220,6 +225,9 @@ class CnnlabCLI(CnnlabInternals):
             run_dir = None
             output_dir = self.claimed = claim_standalone_dir(self.root / self.experiment, seed, subcommand, **claim)
         self.run_dir, self.output_dir = run_dir, output_dir
+        self.held = None
+        if subcommand == "fit" and inherited is None and launched_as_rank_zero():
+            self.held = hold_run(run_dir)
         if ckpt is not None and ckpt.run_dir is not None and subcommand != "fit":
             recorded = ckpt.meta.get("experiment") or read_summary(ckpt.run_dir).get("experiment")
             self.experiment = recorded or self.experiment
@@ -287,7 +295,7 @@ class CnnlabCLI(CnnlabInternals):
         # Only what the subcommand uses: every callback costs each training step a call per hook.
         callbacks: list[Callback] = [self.record, self.config_file]
         if self.subcommand in ("fit", None):
-            callbacks += [NonFiniteLossGuard(), ScheduleLengthGuard()]
+            callbacks += [NonFiniteLossGuard(), LastCheckpoint(), ScheduleLengthGuard()]
             if logger is not False and logger != []:
                 callbacks.append(LearningRateMonitor())
             if self.agreement.training_changed:
@@ -321,6 +329,7 @@ class CnnlabCLI(CnnlabInternals):
         try:
             yield
         except BaseException:
+            let_go(self.held)
             if self.claimed is not None:
                 release(self.claimed, stop=self.root.resolve().parent)
             raise
@@ -404,11 +413,16 @@ class CnnlabCLI(CnnlabInternals):
         try:
             method(**kwargs)
             failed = False
+        except SIGTERMException:
+            # Lightning ends a run stopped by SIGTERM with a SystemExit of status 0; a scheduler that sent
+            # it must see the run did not finish: 128 + 15, as a process killed by SIGTERM.
+            raise SystemExit(128 + signal.SIGTERM) from None
         except OSError as err:
             if disk_full(err) or err.errno in (errno.EROFS, errno.EACCES):
                 raise CnnlabError(self._storage_failure(err)) from err
             raise
         finally:
+            let_go(self.held)
             for logger in self.trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.finish(failed)
@@ -418,11 +432,14 @@ class CnnlabCLI(CnnlabInternals):
         where = err.filename or self.output_dir
         what = "is full" if disk_full(err) else "cannot be written"
         text = f"The disk {what} ({err.strerror}: {where}), so the {self.subcommand} stopped."
-        if self.subcommand != "fit":
-            return f"{text} Its record {self.output_dir}/summary.json says so. Free space there and run it again."
         summary = read_summary(self.output_dir)
+        if summary.get("status") in ("failed", "interrupted"):
+            text += f" Its record {self.output_dir}/summary.json says so."
+        else:
+            text += f" Its record {self.output_dir}/summary.json could not be written to say so (no room)."
+        if self.subcommand != "fit":
+            return f"{text} Free space there and run it again."
         verified = summary.get("checkpoints") or {}
-        text += f" The run's record {self.output_dir}/summary.json says failed and why."
         if verified:
             name = "last" if "last" in verified else "best"
             path = verified[name]["path"]

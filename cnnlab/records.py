@@ -30,6 +30,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 try:
@@ -37,7 +38,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-from cnnlab.atomic import disk_full, write_atomically
+from cnnlab.atomic import write_atomically
 from cnnlab.errors import CnnlabError
 from cnnlab.run_dir import EVALUATIONS, claim_evaluation_dir
 
@@ -57,19 +58,24 @@ def read_summary(directory: Path | str | None) -> dict:
         return {}
 
 
-def write_summary(directory: Path, summary: dict) -> None:
-    """Replace summary.json whole (a reader never sees half a file). On a full disk the record is
-    still brought up to date in place, since it is what tells the user why the run stopped."""
-    data = json.dumps(summary, indent=2, sort_keys=True, default=str).encode()
+def read_record(directory: Path) -> dict:
+    """summary.json for a command that will write it or rely on it: one that exists but cannot be read
+    (cut short, edited by hand) is refused, never taken for an empty record and written over."""
+    path = Path(directory, SUMMARY)
     try:
-        write_atomically(directory / SUMMARY, data)
-    except OSError as err:
-        if not disk_full(err):
-            raise
-        # The old file's blocks are freed by the truncation: a record of a few KB fits where the
-        # temporary copy beside it did not.
-        with open(directory / SUMMARY, "wb") as handle:
-            handle.write(data)
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        raise CnnlabError(
+            f"The record {path} is not valid JSON (cut short, or edited by hand), so cnnlab will not write over it "
+            "or trust it. Restore it (from a backup, or by fixing the JSON), or move it aside if the run's record is "
+            "to be given up, and run the command again."
+        ) from None
+
+
+def write_summary(directory: Path, summary: dict) -> None:
+    """Replace summary.json whole: a reader never sees half a file, and a write that fails (a full
+    disk) leaves the record as it was, never cut short."""
+    write_atomically(directory / SUMMARY, json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
 
 
 @contextlib.contextmanager
@@ -103,9 +109,11 @@ def locked(directory: Path):
 
 
 def update_summary(directory: Path, change) -> dict:
-    """Read, change (a function of the dict, in place) and write summary.json under the lock."""
+    """Read, change (a function of the dict, in place) and write summary.json under the lock. A record
+    that exists but cannot be read (cut short, edited by hand) is refused, never written over with
+    the change alone."""
     with locked(directory):
-        summary = read_summary(directory)
+        summary = read_record(directory)
         change(summary)
         write_summary(directory, summary)
         return summary
@@ -376,6 +384,7 @@ class RunRecord(Callback):
                 resume = {"from": self.checkpoint, "at": now(), **self.details.get("resume", {})}
                 summary.setdefault("resumes", []).append(resume)
                 summary.pop("error", None)
+                summary.pop("checkpoints", None)  # they change from here on; recorded again when it ends
             summary |= {"status": "running", "process": process_identity(), "wandb": self._wandb(trainer)}
 
         update_summary(directory, start)
@@ -533,8 +542,13 @@ class RunRecord(Callback):
             directory, run_dir = self._dir(trainer), None
         else:
             (directory, run_dir), self._evaluation = self._evaluation or self._evaluation_dirs(trainer), None
-        update_summary(directory, fail)
-        if not fitting and run_dir is not None and run_dir.resolve() != directory.resolve():
-            entry = {"subcommand": self._stage, "status": status, "dir": str(directory), "error": error}
-            entry |= {"checkpoint": {"path": self.checkpoint}, "finished": now()}
-            update_summary(run_dir, lambda summary: summary.setdefault("evaluations", []).append(entry))
+        try:
+            update_summary(directory, fail)
+            if not fitting and run_dir is not None and run_dir.resolve() != directory.resolve():
+                entry = {"subcommand": self._stage, "status": status, "dir": str(directory), "error": error}
+                entry |= {"checkpoint": {"path": self.checkpoint}, "finished": now()}
+                update_summary(run_dir, lambda summary: summary.setdefault("evaluations", []).append(entry))
+        except (OSError, CnnlabError) as err:
+            # A full disk may not take even the record; the exception that stopped the run is what
+            # the user must see, with a word that the record could not say it.
+            rank_zero_warn(f"cnnlab: the record in {directory} could not be updated to say {status} ({err}).")

@@ -6,12 +6,18 @@ commands started together never share one, and released again if the command is 
 wrote anything, so a refused command leaves nothing behind.
 """
 
+import errno
 import os
 from datetime import datetime
 from pathlib import Path
 
 from cnnlab.environment import OUTPUT_DIR_ENV, RUN_DIR_ENV
 from cnnlab.errors import CnnlabError
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not held (two resumes of one run are not told apart there)
+    fcntl = None
 
 RUNS_ROOT = "runs"  # the default of trainer.default_root_dir and of cnnlab-seeds --root
 EVALUATIONS = "evaluations"
@@ -106,6 +112,42 @@ def release(path: Path, stop: Path) -> bool:
             break
         parent = parent.parent
     return True
+
+
+def hold_run(run_dir: Path) -> int | None:
+    """Hold a training run for this process while it trains: an exclusive flock on its checkpoints/
+    folder, taken without waiting and let go when the process closes it (`let_go`) or ends, however
+    it ends (kill -9 included). A second fit of the same run (two resumes at once, a resume of a run
+    that is still training) is refused instead of writing into the live run. Returns the handle."""
+    if fcntl is None:
+        return None
+    folder = run_dir / CHECKPOINTS
+    try:
+        if not os.access(run_dir, os.W_OK):  # a read-only mount says no here, even to root
+            raise PermissionError(errno.EACCES, "not writable", str(run_dir))
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError as err:
+        raise CnnlabError(
+            f"Cannot write the run {run_dir} ({err.strerror}): a resumed run goes on writing its checkpoints and "
+            "records there. Make it writable (or free space), or start a new run from its checkpoint: copy it "
+            "elsewhere and give the copy to --ckpt_path."
+        ) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise CnnlabError(
+            f"The run {run_dir} is being trained by another process right now (a fit or a resume of it has not "
+            "ended). Wait for it to end, or stop it, then resume with --ckpt_path last; two processes training "
+            "one run would write over each other's checkpoints and records."
+        ) from None
+    return handle
+
+
+def let_go(handle: int | None) -> None:
+    if handle is not None:
+        os.close(handle)
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:

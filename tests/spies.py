@@ -67,3 +67,26 @@ class SlowEvaluation(Callback):
         import time
 
         time.sleep(self.seconds)
+
+
+class InterruptAt(Callback):
+    """Ctrl-C at the start of training epoch `epoch` (Lightning stops the run as interrupted)."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+class SlowTraining(Callback):
+    """Sleeps before each training batch, so that a test can act while a fit is running."""
+
+    def __init__(self, seconds: float = 0.5) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        import time
+
+        time.sleep(self.seconds)

@@ -284,8 +284,11 @@ def test_records_are_locked_without_fcntl(tmp_path):
 
 
 def test_concurrent_record_updates_lose_nothing(tmp_path):
-    """Many processes appending to one run's list of evaluations at once: every entry is kept."""
-    context = multiprocessing.get_context("spawn")
+    """Many processes appending to one run's list of evaluations at once: every entry is kept. (Forked:
+    they only write files, so they need no fresh interpreter.)"""
+    import cnnlab.records  # noqa: F401  (imported once, before the fork)
+
+    context = multiprocessing.get_context("fork")
     processes = [context.Process(target=append_entries, args=(tmp_path, k, 20)) for k in range(4)]
     for process in processes:
         process.start()
@@ -301,3 +304,137 @@ def append_entries(directory: Path, writer: int, n: int) -> None:
 
     for i in range(n):
         update_summary(directory, lambda s, i=i: s.setdefault("evaluations", []).append({"writer": writer, "n": i}))
+
+
+# -- found by a fault pass over the above (issue 19) ----------------------------------------------------
+
+
+def test_last_ckpt_is_the_last_epoch_even_when_it_did_not_improve(run_cli, tiny_args, tmp_path):
+    """Lightning 2.6 wrote last.ckpt only with a new best: after 3 epochs it held the best epoch."""
+    args = [*tiny_args, "--trainer.max_epochs=3", "--trainer.callbacks=[]"]
+    run_cli("fit", [*args, "--checkpoint.monitor=epoch", "--checkpoint.mode=min"])  # epoch 0 stays the best
+    run = only_run(tmp_path)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    best = torch.load(summary_of(run)["best_checkpoint"], weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, summary_of(run)["global_step"])
+    assert best["epoch"] == 0
+    assert summary_of(run)["checkpoints"]["last"]["sha256"] != summary_of(run)["checkpoints"]["best"]["sha256"]
+
+
+def test_an_unreadable_record_is_refused_and_not_written_over(run_cli, trained, capsys):
+    """A cut-short summary.json was read as {} and written over with the evaluation list alone."""
+    run, args = trained
+    record = run / "summary.json"
+    record.write_bytes(record.read_bytes()[:300])
+    paragraph = refused(run_cli, "test", [*args, f"--ckpt_path={run}/checkpoints/best.ckpt"], capsys)
+    assert "is not valid JSON" in paragraph
+    assert len(record.read_bytes()) == 300 and not (run / "evaluations").exists()
+
+
+def test_a_failed_write_leaves_the_record_whole(tmp_path):
+    """On a full disk a record was rewritten in place and left cut short (8192 bytes of JSON)."""
+    from cnnlab.records import read_summary, update_summary
+
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
+        update_summary(disk, lambda s: s.update({"status": "finished", "padding": "x" * 20000}))
+        before = (disk / "summary.json").read_bytes()
+        import shutil
+
+        (disk / "filler").write_bytes(b"\0" * shutil.disk_usage(disk).free)
+        with pytest.raises(OSError):
+            update_summary(disk, lambda s: s.update({"evaluations": [{"padding": "y" * 20000}]}))
+        assert (disk / "summary.json").read_bytes() == before and read_summary(disk)["status"] == "finished"
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "summary.json"]
+
+
+def test_a_moved_runs_checkpoints_are_still_verified(run_cli, trained, tmp_path, capsys):
+    """Moving a run directory made its record's paths stale, and a swapped checkpoint went unchecked."""
+    run, args = trained
+    moved = run.with_name(run.name + "-moved")
+    run.rename(moved)
+    state = torch.load(moved / "checkpoints" / "best.ckpt", weights_only=False)
+    state["epoch"] = 99
+    torch.save(state, moved / "checkpoints" / "best.ckpt")
+    paragraph = refused(run_cli, "test", [*args, f"--ckpt_path={moved}/checkpoints/best.ckpt"], capsys)
+    assert "bytes changed since its run wrote it" in paragraph
+
+
+@pytest.fixture
+def interrupted(run_cli, tiny_args, tmp_path):
+    """A run stopped by Ctrl-C at the start of its second epoch (its record: interrupted, with the
+    checksums of the checkpoints it had)."""
+    args = [*tiny_args, "--trainer.max_epochs=3", "--trainer.callbacks=[]"]
+    stop = {"class_path": "spies.InterruptAt", "init_args": {"epoch": 1}}
+    with pytest.raises(SystemExit):
+        run_cli("fit", [*args, f"--trainer.callbacks+={json.dumps(stop)}"])
+    run = only_run(tmp_path)
+    assert summary_of(run)["status"] == "interrupted" and summary_of(run)["checkpoints"]
+    return run, args
+
+
+def test_an_unfinished_runs_changed_checkpoint_is_evaluated_and_resumed(run_cli, interrupted):
+    """A resume killed after writing last.ckpt left a run that neither test nor resume would take
+    ("bytes changed"): only a finished run's checkpoints are checked against the record."""
+    run, args = interrupted
+    last = run / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False)
+    state["global_step"] += 1  # what a resume's next save does to last.ckpt
+    torch.save(state, last)
+    run_cli("test", [*args, "--ckpt_path=last"])
+    run_cli("fit", [*args, "--ckpt_path=last"])
+    summary = summary_of(run)
+    assert summary["status"] == "finished" and summary["epochs"] == 3
+
+
+@pytest.mark.slow
+def test_a_resume_of_a_run_that_is_still_training_is_refused(run_cli, interrupted, capsys):
+    """A resume started while the run trained (or a second resume at once) wrote into the live run:
+    misaligned metrics, a finished record with an error, a traceback. A fit holds its run (an flock
+    that ends with the process, kill -9 included)."""
+    run, args = interrupted
+    slow = {"class_path": "spies.SlowTraining", "init_args": {"seconds": 1.0}}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, str(ROOT / "train.py"), "fit", *args, "--ckpt_path=last"]
+    command += [f"--trainer.callbacks+={json.dumps(slow)}"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(summary_of(run).get("resumes", [])) < 1:
+        time.sleep(0.1)
+    try:
+        assert summary_of(run)["status"] == "running", "the resume never started"
+        before = (run / "summary.json").read_bytes()
+        paragraph = refused(run_cli, "fit", [*args, "--ckpt_path=last"], capsys)
+        assert "is being trained by another process" in paragraph
+        assert (run / "summary.json").read_bytes() == before
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    run_cli("fit", [*args, "--ckpt_path=last"])  # the killed process let go of the run
+    assert summary_of(run)["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_fit_stopped_by_sigterm_exits_143(trained):
+    """Lightning ends a SIGTERM'd run with SystemExit(None): exit 0, so a scheduler saw success."""
+    run, args = trained
+    slow = {"class_path": "spies.SlowTraining", "init_args": {"seconds": 1.0}}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, str(ROOT / "train.py"), "fit", *args, "--seed_everything=8"]
+    command += [f"--trainer.callbacks+={json.dumps(slow)}"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, new = time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None and new is None:
+        found = [p for p in run.parent.iterdir() if "seed8" in p.name and (p / "summary.json").is_file()]
+        new = found[0] if found else None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert summary_of(new)["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_a_resume_of_a_read_only_run_is_one_paragraph(run_cli, interrupted, capsys):
+    run, args = interrupted
+    with mounted(run, "--bind", "-o", "ro", str(run)):
+        paragraph = refused(run_cli, "fit", [*args, "--ckpt_path=last"], capsys)
+    assert "Cannot write the run" in paragraph
