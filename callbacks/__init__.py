@@ -2,7 +2,7 @@
 
 from callbacks.dense_prediction_grid import DensePredictionGrid
 from callbacks.filters_and_feature_maps import FilterAndFeatureMaps
-from callbacks.last_checkpoint import LastCheckpoint
+from callbacks.last_checkpoint import RunCheckpoint
 from callbacks.latent_interpolation import LatentInterpolationGIF
 from callbacks.latent_scatter import LatentSpaceScatter
 from callbacks.loss_histogram import LossHistogram
@@ -15,13 +15,13 @@ from callbacks.schedule_guard import ScheduleLengthGuard
 __all__ = [
     "DensePredictionGrid",
     "FilterAndFeatureMaps",
-    "LastCheckpoint",
     "LatentInterpolationGIF",
     "LatentSpaceScatter",
     "LossHistogram",
     "NonFiniteLossGuard",
     "PredictionWriter",
     "ReconstructionGrid",
+    "RunCheckpoint",
     "SampleGrid",
     "ScheduleLengthGuard",
 ]

@@ -18,13 +18,13 @@ import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from callbacks.last_checkpoint import LastCheckpoint
+from callbacks.last_checkpoint import RunCheckpoint
 from callbacks.nonfinite_loss import NonFiniteLossGuard
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.schedule_guard import ScheduleLengthGuard
@@ -115,7 +115,7 @@ class CnnlabCLI(CnnlabInternals):
             default=None,
             help="Name of the experiment, the folder its runs go in (default: the first --config file's name).",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -295,7 +295,7 @@ class CnnlabCLI(CnnlabInternals):
         # Only what the subcommand uses: every callback costs each training step a call per hook.
         callbacks: list[Callback] = [self.record, self.config_file]
         if self.subcommand in ("fit", None):
-            callbacks += [NonFiniteLossGuard(), LastCheckpoint(), ScheduleLengthGuard()]
+            callbacks += [NonFiniteLossGuard(), ScheduleLengthGuard()]
             if logger is not False and logger != []:
                 callbacks.append(LearningRateMonitor())
             if self.agreement.training_changed:

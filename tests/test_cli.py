@@ -257,7 +257,7 @@ def test_a_failing_wandb_logger_stops_before_training_with_advice(
     assert "W&B could not start a run" in err and "WANDB_MODE=offline" in err
     run = only_run(tmp_path)
     assert summary_of(run)["status"] == "failed"
-    assert not (run / "checkpoints").exists()  # W&B starts beside the first steps; stopped before any checkpoint
+    assert not list((run / "checkpoints").glob("*.ckpt"))  # W&B starts beside the first steps; stopped before any
 
 
 def train_py(args: list[str], **kwargs) -> subprocess.Popen:
