@@ -17,19 +17,19 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import MNIST_TEST, ROOT, last_evaluation, only_run, summary_of, tiny_cli_args
+from test_faults import refused
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TESTS = Path(__file__).resolve().parent
 
 
-def refused(run_cli, subcommand: str, args: list[str], capsys) -> str:
-    """Run a command that must be refused: exit 2, one paragraph, no traceback. Returns the paragraph."""
-    with pytest.raises(SystemExit) as info:
-        run_cli(subcommand, args)
-    err = capsys.readouterr().err
-    assert info.value.code == 2, err[-2000:]
-    assert "cnnlab: error:" in err and "Traceback" not in err, err[-2000:]
-    return err.split("cnnlab: error:", 1)[1]
+def slowed_train_py(subcommand: str, args: list[str], spy: str, seconds: float) -> subprocess.Popen:
+    """`train.py <subcommand>` in a process of its own, slowed by a spy callback (tests/spies.py) so
+    that a test can act on it while it runs."""
+    slow = {"class_path": f"spies.{spy}", "init_args": {"seconds": seconds}}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, str(ROOT / "train.py"), subcommand, *args, f"--trainer.callbacks+={json.dumps(slow)}"]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -224,11 +224,7 @@ def test_an_evaluation_of_a_read_only_run_is_one_paragraph(run_cli, trained, tmp
 def test_a_killed_evaluation_is_marked_interrupted_by_the_next(run_cli, trained):
     """kill -9 during test once left an evaluation directory with no record and nothing marking it."""
     run, args = trained
-    slow = {"class_path": "spies.SlowEvaluation", "init_args": {"seconds": 2.0}}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, str(ROOT / "train.py"), "test", *args, "--ckpt_path=last"]
-    command += [f"--trainer.callbacks+={json.dumps(slow)}"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = slowed_train_py("test", [*args, "--ckpt_path=last"], "SlowEvaluation", 2.0)
     deadline, killed = time.time() + 120, None
     while time.time() < deadline and proc.poll() is None:
         found = list((run / "evaluations").glob("*/summary.json"))
@@ -392,11 +388,7 @@ def test_a_resume_of_a_run_that_is_still_training_is_refused(run_cli, interrupte
     misaligned metrics, a finished record with an error, a traceback. A fit holds its run (an flock
     that ends with the process, kill -9 included)."""
     run, args = interrupted
-    slow = {"class_path": "spies.SlowTraining", "init_args": {"seconds": 1.0}}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, str(ROOT / "train.py"), "fit", *args, "--ckpt_path=last"]
-    command += [f"--trainer.callbacks+={json.dumps(slow)}"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = slowed_train_py("fit", [*args, "--ckpt_path=last"], "SlowTraining", 1.0)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(summary_of(run).get("resumes", [])) < 1:
         time.sleep(0.1)
@@ -417,11 +409,7 @@ def test_a_resume_of_a_run_that_is_still_training_is_refused(run_cli, interrupte
 def test_a_fit_stopped_by_sigterm_exits_143(trained):
     """Lightning ends a SIGTERM'd run with SystemExit(None): exit 0, so a scheduler saw success."""
     run, args = trained
-    slow = {"class_path": "spies.SlowTraining", "init_args": {"seconds": 1.0}}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, str(ROOT / "train.py"), "fit", *args, "--seed_everything=8"]
-    command += [f"--trainer.callbacks+={json.dumps(slow)}"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = slowed_train_py("fit", [*args, "--seed_everything=8"], "SlowTraining", 1.0)
     deadline, new = time.time() + 120, None
     while time.time() < deadline and proc.poll() is None and new is None:
         found = [p for p in run.parent.iterdir() if "seed8" in p.name and (p / "summary.json").is_file()]
