@@ -15,6 +15,7 @@ files as `train.py`.
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -142,6 +143,15 @@ def git_commit() -> str | None:
 
 
 def file_sha256(path: Path | str) -> str:
+    """The file's SHA-256, computed once per version of the file in this process: an evaluation of a
+    finished run's checkpoint checks it against the record (cnnlab/checkpoints.py) and then records it,
+    and a seed worker may do so for many seeds. A rewrite changes the size or the mtime (ns)."""
+    stat = os.stat(path)
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
