@@ -1,6 +1,9 @@
 """`--ckpt_path`: which file it means, and how the checkpoint and the config agree.
 
-- `best` / `last` mean the best / last checkpoint of the experiment's latest run.
+- `best` / `last` mean the best / last checkpoint of the experiment's newest run that can serve: for
+  validate, test and predict (and `fit --ckpt_path best`) a finished run; for `fit --ckpt_path last` any
+  run with a last.ckpt, which resumes an unfinished run and continues a finished one. Smoke tests
+  (fast_dev_run) never serve. The command says which run it took.
 - A checkpoint of another model class than the config's is refused, naming both.
 - The model is built with the checkpoint's arguments where the config *files* differ from them (the
   run was trained with those), and says so. Model arguments given *on the command line* beside
@@ -25,8 +28,8 @@ from typing_extensions import override
 
 from cnnlab.command_line import short
 from cnnlab.errors import CnnlabError
-from cnnlab.records import CHECKPOINT_KEY, file_sha256, read_record, read_summary
-from cnnlab.run_dir import CHECKPOINTS, latest_run_with_checkpoint, run_dir_of
+from cnnlab.records import CHECKPOINT_KEY, file_sha256, process_gone, read_record, read_summary
+from cnnlab.run_dir import CHECKPOINTS, run_dir_of, run_dirs
 
 LINKED = ("image_shape", "num_classes", "class_names")  # DataModule properties linked into the model
 TRAINING = ("optimizer", "lr_scheduler")
@@ -71,31 +74,168 @@ class Checkpoint:
         return self.run_dir is not None and read_summary(self.run_dir).get("status") == "finished"
 
 
-def resolve(ckpt: str, root: Path, experiment: str) -> Path:
-    """`best` / `last` (the experiment's latest run) or a path, as an existing file."""
-    if ckpt in ("last", "best"):
-        run = latest_run_with_checkpoint(root / experiment)
-        if run is None:
-            raise CnnlabError(
-                f"--ckpt_path {ckpt}: no earlier run of '{experiment}' under {root}/ has a checkpoint "
-                f"({root}/{experiment}/*/{CHECKPOINTS}/last.ckpt). Train one first (python train.py fit --config "
-                "...), or give the checkpoint's path."
-            )
-        path = run / CHECKPOINTS / f"{ckpt}.ckpt"
-        best = read_summary(run).get("best_checkpoint")
-        if ckpt == "best" and best and Path(best).is_file():
-            path = Path(best)
+# -- --ckpt_path best | last ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunOnRecord:
+    """A directory of the experiment as its record tells it, for `--ckpt_path best|last`."""
+
+    path: Path
+    record: dict  # summary.json; empty where there is none or it cannot be read
+
+    @property
+    def training(self) -> bool:
+        return self.record.get("kind") == "training"
+
+    @property
+    def smoke(self) -> bool:
+        """A fast_dev_run: one batch, not a model. Records written before `smoke` existed say it in
+        their config."""
+        trainer = (self.record.get("config") or {}).get("trainer") or {}
+        return bool(self.record.get("smoke") or (isinstance(trainer, dict) and trainer.get("fast_dev_run")))
+
+    @property
+    def status(self) -> str:
+        status = self.record.get("status") or "unknown"
+        if status == "running" and process_gone(self.record.get("process")):
+            return "interrupted"  # killed (kill -9, a lost node): nothing marked it yet
+        return status
+
+    @property
+    def when(self) -> str:
+        """When the run last finished or stopped (the record's `finished`); for a run that is running or
+        was killed without a word, when it last started (`started`, or its last resume). A resume keeps
+        the `finished` of the stop before it, so the later of the two counts."""
+        times = [self.record.get("started"), *(r.get("at") for r in self.record.get("resumes") or [])]
+        if self.record.get("status") != "running":
+            times.append(self.record.get("finished"))
+        return max((str(t) for t in times if t), default="")
+
+    def checkpoint(self, name: str) -> Path | None:
+        """The run's own best / last file. The record's best path names the file, but the run's own
+        folder is where it is looked for: a run copied elsewhere still points at the original."""
+        stored = self.record.get("best_checkpoint") if name == "best" else None
+        path = self.path / CHECKPOINTS / (Path(stored).name if stored else f"{name}.ckpt")
+        return path if path.is_file() else None
+
+    def kind(self, name: str) -> str:
+        """What the run is for `--ckpt_path <name>`, in a few words (why it cannot serve, if it cannot)."""
+        if not self.record:
+            return "without a readable record"
+        if self.smoke:
+            return "fast_dev_run smoke test"
+        if self.checkpoint(name) is None:
+            return f"{self.status} without {name}.ckpt"
+        return self.status
+
+
+def runs_of(experiment_dir: Path) -> list[RunOnRecord]:
+    """The training runs of an experiment, by their records (an evaluation of a foreign checkpoint that
+    lives beside them is no run)."""
+    found = [RunOnRecord(path, read_summary(path)) for path in run_dirs(experiment_dir)]
+    return [run for run in found if run.training or not run.record]
+
+
+def serves(run: RunOnRecord, name: str, resuming: bool) -> bool:
+    """Whether a run can serve `--ckpt_path <name>`: never a smoke test; a finished run for an evaluation
+    (an unfinished run's checkpoints change under it, a failed one may be anything); for `fit --ckpt_path
+    last` also an unfinished run, which is then resumed in place."""
+    if not run.record or run.smoke or run.checkpoint(name) is None:
+        return False
+    return resuming or run.status == "finished"
+
+
+def newest(run: RunOnRecord) -> tuple[str, str]:
+    """The record's time (finished, else last started), then the claim order (the directory's name,
+    `<time>-seed<s>[-k]`) between runs of the same second. File times are not used: copying or syncing
+    a run directory changes them, and a run's checkpoints are rewritten by its resumes."""
+    return run.when, run.path.name
+
+
+def tally(runs: list[RunOnRecord], name: str) -> str:
+    """What the runs are, counted: "1 fast_dev_run smoke test, 1 interrupted"."""
+    kinds: dict[str, int] = {}
+    for run in runs:
+        kinds[run.kind(name)] = kinds.get(run.kind(name), 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+
+
+def short_time(stamp: str) -> str:
+    return stamp.replace("T", " ")[:16]
+
+
+def describe_pick(run: RunOnRecord, name: str) -> str:
+    """What the note says of the run it took: when it ended, and the score it is known by."""
+    record, status = run.record, run.status
+    what = f"{status} {short_time(run.when)}" if status != "running" else f"running since {short_time(run.when)}"
+    monitor = record.get("monitor")
+    score = record.get("best_score") if name == "best" else (record.get("metrics") or {}).get(monitor)
+    if monitor and isinstance(score, int | float):
+        what += f", {'best ' if name == 'best' else ''}{monitor} {score:.4g}"
+    return what
+
+
+def resolve(ckpt: str, root: Path, experiment: str, subcommand: str = "test") -> tuple[Path, str | None]:
+    """`best` / `last` or a path, as an existing file, and for best / last one line that says which run
+    was taken (the CLI prints it). The rule is the module docstring's."""
+    if ckpt not in ("last", "best"):
+        path = Path(ckpt)
         if not path.is_file():
-            raise CnnlabError(f"--ckpt_path {ckpt}: the latest run {run} has no {path.name}.")
-        return path
-    path = Path(ckpt)
-    if not path.is_file():
-        raise CnnlabError(
-            f"--ckpt_path {ckpt}: no such file. Give a checkpoint file (e.g. "
-            f"{root}/{experiment}/<run>/{CHECKPOINTS}/best.ckpt), or 'last' / 'best' for the latest run of "
-            f"'{experiment}'."
+            raise CnnlabError(
+                f"--ckpt_path {ckpt}: no such file. Give a checkpoint file (e.g. "
+                f"{root}/{experiment}/<run>/{CHECKPOINTS}/best.ckpt), or 'best' / 'last' for the newest finished "
+                f"run of '{experiment}'."
+            )
+        return path, None
+    resuming = subcommand == "fit" and ckpt == "last"
+    runs = runs_of(root / experiment)
+    chosen = max((run for run in runs if serves(run, ckpt, resuming)), key=newest, default=None)
+    if chosen is None:
+        raise CnnlabError(nothing_serves(ckpt, root, experiment, runs, resuming))
+    path = chosen.checkpoint(ckpt)
+    shown = root / experiment / chosen.path.name / CHECKPOINTS / path.name
+    what = describe_pick(chosen, ckpt)
+    if resuming:
+        what += ": continued in a new run" if chosen.status == "finished" else ": resumed in its own directory"
+    passed = [run for run in runs if not serves(run, ckpt, resuming) and run.record and newest(run) > newest(chosen)]
+    if passed:
+        what += f"; passed over newer: {tally(passed, ckpt)}"
+    return path, f"--ckpt_path {ckpt} -> {shown} ({what})"
+
+
+def nothing_serves(ckpt: str, root: Path, experiment: str, runs: list[RunOnRecord], resuming: bool) -> str:
+    """The paragraph for best / last when no run can serve: what was found, and what to do."""
+    where = f"{root}/{experiment}/"
+    if not runs:
+        return (
+            f"--ckpt_path {ckpt}: no earlier run of '{experiment}' under {root}/ has a checkpoint ({where}*/"
+            f"{CHECKPOINTS}/{ckpt}.ckpt). Train one first (python train.py fit --config ...), or give the "
+            "checkpoint's path."
         )
-    return path
+    if resuming:
+        rule = f"the newest run of '{experiment}' (finished or not) that has a last.ckpt and is no smoke test"
+        advice = "Start a new run (fit without --ckpt_path), or give a checkpoint's path to --ckpt_path."
+    else:
+        rule = f"the newest finished run of '{experiment}' that has a {ckpt}.ckpt and is no smoke test"
+        advice = f"Give a checkpoint's path instead (--ckpt_path {where}<run>/{CHECKPOINTS}/{ckpt}.ckpt)"
+        unfinished = [
+            run
+            for run in runs
+            if run.record and not run.smoke and run.status != "finished" and run.checkpoint("last") is not None
+        ]
+        run = max(unfinished, key=newest, default=None)
+        if run is not None and run.status == "running":
+            advice += f", or wait for the run that is still training ({run.path.name}) to finish"
+        elif run is not None:
+            last = root / experiment / run.path.name / CHECKPOINTS / "last.ckpt"
+            advice += f", or finish the {run.status} run first: python train.py fit --config ... --ckpt_path {last}"
+        else:
+            advice += ", or train a run to its end (python train.py fit --config ...); an unfinished run is resumed "
+            advice += "with fit --ckpt_path <its last.ckpt>"
+        advice += "."
+    found = f"{len(runs)} run{'s' if len(runs) != 1 else ''}: {tally(runs, ckpt)}"
+    return f"--ckpt_path {ckpt} takes {rule} (fast_dev_run), but none under {where} is one ({found}). {advice}"
 
 
 def read(path: Path) -> Checkpoint:

@@ -2,9 +2,10 @@
 files as `train.py`.
 
 - A training run's `summary.json`: seed, data seed, resolved config, git commit, fit metrics, best and
-  last checkpoint, status (running, finished, failed, interrupted) and why it failed. Once the run has
-  finished, no later command changes these; resuming an unfinished run continues it and lists the
-  resume (step, checkpoint, settings changed) under `resumes`.
+  last checkpoint, status (running, finished, failed, interrupted) and why it failed, and `smoke` (a
+  fast_dev_run, which `--ckpt_path best|last` never takes). Once the run has finished, no later
+  command changes these; resuming an unfinished run continues it and lists the resume (step,
+  checkpoint, settings changed) under `resumes`.
 - Every validate / test / predict with a checkpoint writes an evaluation record of its own, in its own
   directory (`<run>/evaluations/<time>-<subcommand>/summary.json`): the checkpoint and its SHA-256, the
   data it ran on (DataModule, data_dir, split, size and a fingerprint of the exact images and labels),
@@ -325,11 +326,13 @@ class RunRecord(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 offline = getattr(logger, "offline", None)  # cnnlab's logger says; Lightning's keeps it private
+                known = None if offline is None else "offline" if offline else "online"
                 return {
                     "id": logger.version,
                     "project": logger.name,
                     "dir": logger.save_dir,
-                    "mode": None if offline is None else "offline" if offline else "online",  # None: not known
+                    # online, offline or disabled (cnnlab's logger says); None: not known
+                    "mode": getattr(logger, "mode", None) or known,
                     "started": getattr(logger, "started", None),
                 }
         return None
@@ -350,6 +353,9 @@ class RunRecord(Callback):
             "data_seed": getattr(datamodule, "data_seed", None),
             "git_commit": git_commit(),
             "config": self._config(trainer, pl_module),
+            # fast_dev_run (any truthy value): one batch to see that the code runs, not a model;
+            # `--ckpt_path best|last` never takes such a run (cnnlab/checkpoints.py).
+            "smoke": bool(trainer.fast_dev_run),
         }
 
     def _checkpoint_files(self, trainer: Trainer) -> dict[str, dict]:
@@ -390,11 +396,14 @@ class RunRecord(Callback):
             if not resuming:
                 summary |= {"kind": "training", "run_dir": str(directory), "started": now()}
                 summary |= self._base(trainer, pl_module)
+                summary |= {k: v for k, v in self.details.items() if k != "resume"}  # the command line, ...
             if self.checkpoint:
                 resume = {"from": self.checkpoint, "at": now(), **self.details.get("resume", {})}
                 summary.setdefault("resumes", []).append(resume)
                 summary.pop("error", None)
                 summary.pop("checkpoints", None)  # they change from here on; recorded again when it ends
+            # A smoke test resumed in a run writes its one step into the run's last.ckpt: the run is one now.
+            summary["smoke"] = bool(summary.get("smoke") or trainer.fast_dev_run)
             summary |= {"status": "running", "process": process_identity(), "wandb": self._wandb(trainer)}
 
         update_summary(directory, start)

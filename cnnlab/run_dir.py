@@ -157,7 +157,12 @@ def run_dir_of(checkpoint: Path) -> Path | None:
     return run if path.parent.name == CHECKPOINTS and (run / "config.yaml").is_file() else None
 
 
-def latest_run_with_checkpoint(experiment_dir: Path) -> Path | None:
-    """The training run of an experiment whose last.ckpt was written last."""
-    found = sorted(experiment_dir.glob(f"*/{CHECKPOINTS}/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    return found[-1].parent.parent if found else None
+def run_dirs(experiment_dir: Path) -> list[Path]:
+    """The directories of an experiment that hold a record or checkpoints, in name order. Which of them
+    `--ckpt_path best|last` may pick is decided from their records (cnnlab/checkpoints.py), not from
+    file times, which a copy or a sync changes."""
+    if not experiment_dir.is_dir():
+        return []
+    return sorted(
+        path for path in experiment_dir.iterdir() if (path / "summary.json").is_file() or (path / CHECKPOINTS).is_dir()
+    )

@@ -376,7 +376,7 @@ def test_an_unfinished_runs_changed_checkpoint_is_evaluated_and_resumed(run_cli,
     state = torch.load(last, weights_only=False)
     state["global_step"] += 1  # what a resume's next save does to last.ckpt
     torch.save(state, last)
-    run_cli("test", [*args, "--ckpt_path=last"])
+    run_cli("test", [*args, f"--ckpt_path={last}"])  # by path: `last` of an evaluation takes finished runs only
     run_cli("fit", [*args, "--ckpt_path=last"])
     summary = summary_of(run)
     assert summary["status"] == "finished" and summary["epochs"] == 3
