@@ -125,7 +125,7 @@ def autoencoder_part(root: str, epochs: int, out: Path) -> Path:
     cli, _ = fit_and_test("mnist_ae.yaml", root, epochs, out, every_epoch=latent)
     tsne = LatentSpaceScatter(projection="tsne")
     start = time.perf_counter()
-    tsne.draw(cli.trainer, cli.model, "val", tag="tsne", title=f"after epoch {epochs}")
+    tsne.draw(cli.trainer, cli.model, "val", tag="tsne", title=f"end of epoch {epochs - 1}")
     print(f"LatentSpaceScatter(projection='tsne'), 1000 codes: {time.perf_counter() - start:.1f} s per call")
     return Path(cli.trainer.default_root_dir)
 
@@ -138,8 +138,8 @@ def copy_figures(classifier: Path, autoencoder: Path, docs: Path) -> None:
         "sobel.png": classifier / "figures/filters_sobel/sobel.png",
         "random_kernels.png": classifier / "figures/filters_random_kernels/random-kernels.png",
         "first_conv_trained.png": last(classifier / "figures/filters_first_conv", "epoch*.png"),
-        "classifier_loss_histogram.png": last(classifier / "figures/test_loss_histogram"),
-        "classifier_extremes.png": last(classifier / "figures/test_extremes"),
+        "classifier_loss_histogram.png": last(classifier / "figures/test_loss_histogram", "*.png"),
+        "classifier_extremes.png": last(classifier / "figures/test_extremes", "*.png"),
         "latent_scatter_before.png": autoencoder / "figures/latent_scatter/before-training.png",
         "latent_scatter_after.png": last(autoencoder / "figures/latent_scatter", "epoch*.png"),
         "latent_scatter_tsne.png": autoencoder / "figures/latent_scatter/tsne.png",

@@ -63,6 +63,13 @@ class FigureCallback(Callback):
         return epoch % self.every_n_epochs == 0 or last or trainer.should_stop
 
     @staticmethod
+    def epoch_title(trainer: Trainer) -> str:
+        """'end of epoch 3': the moment a figure drawn during fit shows, in its title. Epochs count from
+        0, as in Lightning's progress bar ('Epoch 3'), metrics.csv's `epoch` and the figure's file name
+        (`epoch003.png`, callbacks/media.py's `file_for`), so title, file and bar name the same epoch."""
+        return f"end of epoch {trainer.current_epoch}"
+
+    @staticmethod
     def fresh_start(trainer: Trainer) -> bool:
         """Fit starts from scratch (not resumed), so a figure may be called 'before training'."""
         return trainer.state.fn == TrainerFn.FITTING and trainer.global_step == 0 and trainer.current_epoch == 0

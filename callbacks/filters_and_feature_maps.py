@@ -91,6 +91,12 @@ class FilterAndFeatureMaps(FigureCallback):
     # -- when ------------------------------------------------------------------------------------
 
     @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if pl_module.feature_layer() is None:
+            self._say_no_conv(pl_module)  # before the progress bar, not in the middle of it
+
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Drawn at the end of the first epoch (FigureCallback.later): the intro needs no model, and
         # the untrained filters are caught now, before the first step changes them.
@@ -106,7 +112,7 @@ class FilterAndFeatureMaps(FigureCallback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self.due(trainer) and self.draws(trainer):
-            self.learned(trainer, pl_module, "val", tag=None, title=f"after epoch {trainer.current_epoch + 1}")
+            self.learned(trainer, pl_module, "val", tag=None, title=self.epoch_title(trainer))
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -166,6 +172,15 @@ class FilterAndFeatureMaps(FigureCallback):
         # a copy of the layer as it is now: the figure may be drawn after training has changed it
         return name, copy.deepcopy(conv).cpu(), caught["input"], caught["output"], self.display(trainer, x)
 
+    def _say_no_conv(self, pl_module: LightningModule) -> None:
+        if not self._said_no_conv:
+            self._said_no_conv = True
+            rank_zero_info(
+                f"FilterAndFeatureMaps: {type(pl_module).__name__} names no convolution to draw (its "
+                "feature_layer() is None or per_sample_loss does not use it); drawing the Sobel and "
+                "random-kernel figures only."
+            )
+
     def learned(self, trainer: Trainer, pl_module: LightningModule, split: str, tag: str | None, title: str) -> None:
         self.draw_learned(trainer, pl_module, self.feature_maps(trainer, pl_module, split), tag, title)
 
@@ -173,13 +188,7 @@ class FilterAndFeatureMaps(FigureCallback):
         self, trainer: Trainer, pl_module: LightningModule, result, tag: str | None, title: str, step: int | None = None
     ) -> None:
         if result is None:
-            if not self._said_no_conv:
-                self._said_no_conv = True
-                rank_zero_info(
-                    f"FilterAndFeatureMaps: {type(pl_module).__name__} names no convolution to draw (its "
-                    "feature_layer() is None or per_sample_loss does not use it); drawing the Sobel and "
-                    "random-kernel figures only."
-                )
+            self._say_no_conv(pl_module)
             return
         name, conv, conv_input, conv_output, shown = result
         figure = first_conv_figure(shown, conv_input, conv_output, conv, name, self.max_filters, title)

@@ -29,5 +29,7 @@ class RunCheckpoint(ModelCheckpoint):
         if not self.save_last or not self.dirpath or trainer.fast_dev_run or self._saved_at == trainer.global_step:
             return
         path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-        trainer.save_checkpoint(path)
+        # weights_only as ModelCheckpoint's own saves (False: a full checkpoint to resume from); left
+        # out, Lightning logs "`weights_only` was not set, defaulting to `False`." at every such save.
+        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
         self.last_model_path = str(path)  # ModelCheckpoint's own: its next `last` replaces this file

@@ -100,6 +100,9 @@ class LatentInterpolationGIF(FigureCallback):
                 f"LatentInterpolationGIF pairs {bad} name classes outside 0..{num_classes - 1} of this dataset. "
                 "Choose pairs of class indices, e.g. [[9, 4], [1, 7]]."
             )
+        split = {"fit": "val", "test": "test"}.get(stage)
+        if split is not None and self.drawing and trainer.is_global_zero:
+            self.endpoints(trainer, split)  # names pairs the split cannot serve now, before the progress bar
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -155,8 +158,9 @@ class LatentInterpolationGIF(FigureCallback):
             return
         frames, inputs, pairs = result
         labels = [f"{self.class_name(trainer, a)}→{self.class_name(trainer, b)}" for a, b in pairs]
+        moment = f"{split} split" if tag else self.epoch_title(trainer)  # as the file is named
         self.draw_animation(trainer, "latent/interpolation", self.animation(frames), fps=self.fps, tag=tag)
-        self.draw_figure(trainer, "latent/interpolation_strip", self.strip(frames, inputs, labels), tag=tag)
+        self.draw_figure(trainer, "latent/interpolation_strip", self.strip(frames, inputs, labels, moment), tag=tag)
 
     def animation(self, frames: torch.Tensor) -> torch.Tensor:
         """[P, M, T, C, H, W] -> GIF frames [T', C, H', W']: pairs as rows, methods as columns."""
@@ -171,7 +175,7 @@ class LatentInterpolationGIF(FigureCallback):
             video = torch.cat([video, video.flip(0)[1:-1]])
         return video
 
-    def strip(self, frames: torch.Tensor, inputs: torch.Tensor, pair_names: list[str]):
+    def strip(self, frames: torch.Tensor, inputs: torch.Tensor, pair_names: list[str], moment: str = ""):
         """One row per pair and method: input a | decoded steps | input b."""
         p, m, t, _, h, w = frames.shape
         mosaic = Mosaic(p * m, t + 2, h, w)
@@ -185,4 +189,5 @@ class LatentInterpolationGIF(FigureCallback):
                     mosaic.put(row, step + 1, colorize(frames[i, j, step]), f"t={steps[step]:.2f}" if first else "")
                 mosaic.put(row, t + 1, colorize(inputs[i, 1]), "input" if first else "")
                 mosaic.row_label(row, f"{pair_names[i]} {self.methods[j]}")
-        return mosaic.figure("latent interpolation: input | decoded steps | input", inches_per_cell=0.8)
+        title = "latent interpolation: input | decoded steps | input" + (f", {moment}" if moment else "")
+        return mosaic.figure(title, inches_per_cell=0.8)

@@ -65,7 +65,7 @@ class LatentSpaceScatter(FigureCallback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self.due(trainer) and self.draws(trainer):
-            self.draw(trainer, pl_module, "val", tag=None, title=f"after epoch {trainer.current_epoch + 1}")
+            self.draw(trainer, pl_module, "val", tag=None, title=self.epoch_title(trainer))
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from typing_extensions import override
 
@@ -57,6 +57,7 @@ def loader_order(loader: DataLoader, who: str) -> list[int]:
 
 
 UNDEFINED = float("nan")  # a metric the split cannot define, logged as such rather than left out
+DEFAULT_PERCENTILE = 95.0
 
 
 def binary_report(scores: torch.Tensor, is_anomaly: torch.Tensor, threshold: float | None) -> dict[str, float]:
@@ -106,8 +107,12 @@ class LossHistogram(FigureCallback):
     only anomalous) samples logs them as NaN, with one warning: AUROC is undefined there. Without
     normal classes the histogram is drawn per class (or all together) and no AUROC is computed.
 
+    Files: `figures/<stage>_loss_histogram/`, `<stage>_extremes/` and `<stage>_per_sample_scores/`, one
+    per validation epoch during fit (`epoch<NNN>`, from 0 like the progress bar), `test` and `validate`
+    for those commands.
+
     Args:
-        percentile: Threshold = this percentile of the normal validation scores.
+        percentile: Threshold = this percentile of the normal validation scores (with normal classes only).
         score: The score that picks the most typical/anomalous samples and the 'flagged' column;
             None: the model's primary score (`primary_score`, else 'loss').
         bins: Histogram bins (shared by all groups of one score).
@@ -126,7 +131,7 @@ class LossHistogram(FigureCallback):
 
     def __init__(
         self,
-        percentile: float = 95.0,
+        percentile: float = DEFAULT_PERCENTILE,
         score: str | None = None,
         bins: int = 60,
         log_x: bool | None = None,
@@ -153,8 +158,19 @@ class LossHistogram(FigureCallback):
         self._active = False
         self._order: list[int] = []
         self._batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
-        self._said_no_split = False
         self._said_undefined = False
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        # Without normal classes the histograms need no word (nothing is anomalous, and they say what
+        # they show); only a setting that cannot act is named, once, before the progress bar starts.
+        if self.percentile != DEFAULT_PERCENTILE and trainer.datamodule.normal_classes is None:
+            rank_zero_warn(
+                f"LossHistogram: percentile is {self.percentile:g}, but data.normal_classes is not set, so no "
+                "sample counts as anomalous and there is no threshold for it to place: it has no effect. Set "
+                "data.normal_classes for an anomaly report, or leave percentile out."
+            )
 
     # -- collecting ------------------------------------------------------------------------------
 
@@ -284,13 +300,6 @@ class LossHistogram(FigureCallback):
                 for key in ("auroc", "auprc", "f1")
                 if f"{stage}/{primary}_{key}" in metrics
             }
-        elif not self._said_no_split:
-            self._said_no_split = True
-            rank_zero_info(
-                "LossHistogram: data.normal_classes is not set, so no sample counts as anomalous: drawing the "
-                "per-sample loss distribution without a threshold or AUROC. Set data.normal_classes for an "
-                "anomaly report."
-            )
         # Every rank holds the same gathered scores and logs the same value; 'max' keeps it exact
         # where Lightning syncs (a mean of equal floats may round), and no rank is left out.
         for name, value in metrics.items():
@@ -315,8 +324,11 @@ class LossHistogram(FigureCallback):
         self, trainer: Trainer, stage: str, split: SplitScores, thresholds, metrics, anomaly_split, shown
     ) -> None:
         name_of = lambda c: self.class_name(trainer, c)  # noqa: E731
+        # During fit a file per epoch (epoch<NNN>); a validate or test names its files after itself,
+        # as the other figure callbacks do: its epoch counter says nothing about the weights.
+        tag = None if self.fitting(trainer) else ("test" if stage == "test" else "validate")
         figure = _histograms(self, split, thresholds, metrics, stage, anomaly_split, name_of)
-        self.draw_figure(trainer, f"{stage}/loss_histogram", figure)
+        self.draw_figure(trainer, f"{stage}/loss_histogram", figure, tag=tag)
         values = split.scores[shown]
         k = min(self.num_extremes, len(values))
         if k:
@@ -325,7 +337,7 @@ class LossHistogram(FigureCallback):
             stored = images[split.index[picks]]
             shown_images = self.display(trainer, trainer.datamodule.model_input(stored))
             extremes = _extremes(shown_images, split, picks, shown, name_of, k)
-            self.draw_figure(trainer, f"{stage}/extremes", extremes)
+            self.draw_figure(trainer, f"{stage}/extremes", extremes, tag=tag)
         columns = ["index", "label", *split.scores, "is_anomaly"]
         extra = []
         if shown in thresholds:  # what the threshold decides for each sample
@@ -335,7 +347,7 @@ class LossHistogram(FigureCallback):
         table += [split.is_anomaly.tolist(), *extra]
         rows = [list(row) for row in zip(*table, strict=True)]
         to_wandb = stage == "test" and len(rows) <= self.wandb_table_max_rows
-        log_table(trainer, f"{stage}/per_sample_scores", columns, rows, to_wandb=to_wandb)
+        log_table(trainer, f"{stage}/per_sample_scores", columns, rows, tag=tag, to_wandb=to_wandb)
 
 
 # -- figures (matplotlib imported here, not at start-up) ----------------------------------------

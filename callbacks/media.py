@@ -43,7 +43,9 @@ def figures_dir(trainer: Trainer) -> Path:
 
 
 def file_for(trainer: Trainer, key: str, suffix: str, tag: str | None = None) -> Path:
-    """`figures/<key>/<tag><suffix>`; the tag defaults to the epoch, so each epoch keeps its figure."""
+    """`figures/<key>/<tag><suffix>`; the tag defaults to the epoch, so each epoch keeps its figure:
+    `epoch003` for `trainer.current_epoch` 3, counted from 0 as Lightning's progress bar counts them (a
+    title names it with FigureCallback.epoch_title)."""
     folder = figures_dir(trainer) / re.sub(r"[^\w.-]+", "_", key)
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{tag or f'epoch{trainer.current_epoch:03d}'}{suffix}"

@@ -18,8 +18,8 @@ class ReconstructionGrid(FigureCallback):
 
     The images are the first `num_images` of the first validation batch (validation is never
     shuffled, so the same images every epoch) and of the first predict batch, as the model saw them.
-    Files go to `<run>/figures/reconstructions/epoch<NNN>.png` and
-    `<run>/predict/figures/reconstructions/predict.png`, and to the loggers.
+    Files go to `<run>/figures/reconstructions/epoch<NNN>.png` (epochs from 0, as the progress bar) and
+    `<run>/evaluations/<time>-predict/figures/reconstructions/predict.png`, and to the loggers.
 
     Args:
         num_images: How many inputs to show.

@@ -15,8 +15,8 @@ from cnnlab.protocol import GenerativeModel
 class SampleGrid(FigureCallback):
     """`sample(n)` of the model (protocol: GenerativeModel), drawn with a fixed seed in a forked RNG
     so the training run's own random stream is untouched. Files go to
-    `<run>/figures/samples/epoch<NNN>.png` and `<run>/predict/figures/samples/predict.png`, and to the
-    loggers.
+    `<run>/figures/samples/epoch<NNN>.png` (epochs from 0, as the progress bar counts them) and
+    `<run>/evaluations/<time>-predict/figures/samples/predict.png`, and to the loggers.
 
     Args:
         num_samples: How many samples.

@@ -1,5 +1,6 @@
 """The one place where cnnlab touches Lightning's private or undocumented members (LightningCLI's,
-TQDMProgressBar's `_should_update`, WandbLogger's state, `lightning.pytorch.overrides`), and why.
+TQDMProgressBar's `_should_update`, TensorBoardLogger's `_default_hp_metric`, WandbLogger's state,
+`lightning.pytorch.overrides`, the lines Lightning logs that a user cannot act on), and why.
 
 Tested with lightning 2.6.6 (the versions pyproject.toml admits are those the test suite has passed on;
 see docs/design.md). Each override is written so that a Lightning without the private method it
@@ -7,19 +8,69 @@ replaces behaves the same: cnnlab reconciles `--ckpt_path` in the public `parse_
 """
 
 import copy
+import logging
 import time
+import warnings
+from collections.abc import Iterable
 
 import yaml
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 
 # Evaluation batches of DDP ranks without DistributedSampler's padding (each sample once): Lightning's
 # own sampler, from its undocumented `overrides` module (datamodules/base.py uses it).
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler  # noqa: F401
 from typing_extensions import override
 
+CKPT_PATH_HELP = (
+    "A checkpoint file, or `best` / `last` of this experiment's runs: the newest finished run that is not a "
+    "smoke test (fast_dev_run) and has that checkpoint; for `fit --ckpt_path last`, the newest run with a "
+    "last.ckpt, finished or not (an unfinished run resumes in its own directory). The command prints the "
+    "run it picked."
+)
 _PARSERS: dict = {}  # a warm process's argument parsers (cnnlab-seeds workers), see WarmParsers
+
+# Lines Lightning 2.6 logs (rank_zero_info) on every run that say nothing about the run: adverts for
+# its cloud services, printed whatever the logger ("💡 Tip: ... litlogger", "... litmodels"), and a
+# note that the training loader was built early to count the steps (for OneCycleLR's length).
+LIGHTNING_NOISE = ("💡 Tip:", "Loading `train_dataloader` to estimate number of stepping batches")
+
+
+class WithoutLightningNoise(logging.Filter):
+    """Drops the records of LIGHTNING_NOISE; every other line Lightning logs passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(LIGHTNING_NOISE)
+
+
+def quiet_lightning() -> None:
+    """Filter LIGHTNING_NOISE out of the logger `rank_zero_info` writes to (once per process)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, WithoutLightningNoise) for f in logger.filters):
+        logger.addFilter(WithoutLightningNoise())
+
+
+quiet_lightning()
+
+# CSVLogger warns, on every run, that the run directory "exists and is not empty. Previous log files in
+# this directory will be deleted": it is the directory cnnlab claimed for the run, which holds cnnlab's
+# own files (config.yaml, checkpoints/) before the logger starts. The one file Lightning deletes is
+# metrics.csv, which a run resumed in place has renamed to metrics-part<k>.csv (cli.keep_earlier_metrics).
+warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+
+
+def without_placeholder_hp_metric(loggers: Iterable[Logger]) -> None:
+    """TensorBoardLogger (default_hp_metric=True, Lightning's default) logs `hp_metric` = -1 with the
+    hyperparameters, a placeholder that reads like a result in TensorBoard's scalars and HPARAMS tab.
+    cnnlab never wants it: configs/logger/tensorboard.yaml turns it off, and this turns it off for a
+    TensorBoardLogger configured any other way (`--trainer.logger lightning.pytorch.loggers.TensorBoardLogger`).
+    Sets the private flag the constructor argument sets; `log_hyperparams` reads it at the run's start."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger._default_hp_metric = False
 
 
 class CnnlabInternals(LightningCLI):
@@ -49,6 +100,22 @@ class CnnlabInternals(LightningCLI):
         self._dump_config()
         return copy.deepcopy(self.config_dump)
 
+    @override
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        # --ckpt_path's help is the Trainer method's docstring ("best", "last", "hpc", "registry"); cnnlab
+        # resolves it itself (cnnlab/checkpoints.py), so its help says what it takes here.
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        for action in parser._actions:
+            if action.dest == "ckpt_path":
+                action.help = CKPT_PATH_HELP
+        return parser
+
+    @override
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        without_placeholder_hp_metric(trainer.loggers)
+        return trainer
+
 
 class WarmParsers(LightningCLI):
     """Builds the argument parsers once per process and reuses them (cnnlab-seeds workers run many
@@ -71,6 +138,19 @@ class WarmParsers(LightningCLI):
         self.parser, self._subcommand_parsers, self._subcommand_method_arguments = _PARSERS[key]
 
 
+def bar_metrics(metrics: dict[str, float], monitor: str | None, width: int | None = None) -> dict[str, str]:
+    """The metrics beside the progress bar: the checkpoints' monitored one first (`val/acc`), then the
+    others of its stage (`val/...`), then the rest as logged; each value to three significant digits as
+    Lightning's bar writes them. With `width` (characters for the metrics), those at the end that do
+    not fit are left out, never the monitored one: a terminal cuts a line that is too long at its end."""
+    stage = monitor.split("/", 1)[0] + "/" if monitor and "/" in monitor else None
+    names = sorted(metrics, key=lambda name: (name != monitor, not (stage and name.startswith(stage))))
+    shown = {name: Tqdm.format_num(metrics[name]) for name in names}
+    while width is not None and len(shown) > 1 and len(", ".join(f"{k}={v}" for k, v in shown.items())) > width:
+        shown.popitem()
+    return shown
+
+
 class TimedProgressBar(TQDMProgressBar):
     """Lightning's progress bar with no device read between logging steps. Lightning redraws it every
     `refresh_rate` batches and each redraw reads the logged metrics (the training loss beside the bar)
@@ -78,7 +158,10 @@ class TimedProgressBar(TQDMProgressBar):
     GPU every step. Here the counter is redrawn at most every `min_interval` seconds (and at an epoch's
     end), which reads nothing from the device, and the whole bar with the metrics beside it on every
     step whose values the loggers write (every `log_every_n_steps`), which read them back anyway. Overrides
-    TQDMProgressBar's private `_should_update` (lightning 2.x), the test its batch hooks make."""
+    TQDMProgressBar's private `_should_update` (lightning 2.x), the test its batch hooks make.
+
+    Beside the bar: the metric the checkpoints monitor first, then the others, as many as fit the
+    terminal (`bar_metrics`); no `v_num` (the logger's version, which names nothing a user looks for)."""
 
     def __init__(self, min_interval: float = 0.5) -> None:
         super().__init__(refresh_rate=1)
@@ -94,6 +177,27 @@ class TimedProgressBar(TQDMProgressBar):
             self._last_draw = now
             return True
         return False
+
+    @override
+    def get_metrics(self, trainer, pl_module) -> dict[str, str]:
+        monitor = getattr(trainer.checkpoint_callback, "monitor", None)
+        return bar_metrics(trainer.progress_bar_metrics, monitor, self._room_for_metrics())
+
+    def _room_for_metrics(self) -> int | None:
+        """Characters left for the metrics on the training bar's line, keeping a bar 10 wide and a few
+        characters for its rate and times to grow; None where the width is unknown (not a terminal:
+        nothing cuts the line)."""
+        try:
+            bar = self.train_progress_bar
+        except TypeError:  # not made yet
+            return None
+        if bar.disable:
+            return None
+        meter = bar.format_dict
+        if not meter.get("ncols"):
+            return None
+        line = bar.format_meter(**{**meter, "postfix": None, "ncols": None})  # its bar 10 wide
+        return meter["ncols"] - len(line) - len(", ") - 4
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
