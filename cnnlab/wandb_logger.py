@@ -1,5 +1,6 @@
-"""The W&B logger of record: online when wandb has credentials, offline by itself (and saying how to
-sync) when it has none, and failing in plain words when W&B cannot start a run.
+"""The W&B logger of record: W&B's own settings decide (WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, WANDB_DIR,
+WANDB_TAGS; online exactly when wandb has credentials), an evaluation of a run's checkpoint logs into that
+run's W&B run, an offline run says how to upload it, and a run that cannot start fails in plain words.
 
 Online or offline is decided by wandb's own credential lookup (`wandb.login(prompt=False)`: the
 WANDB_API_KEY variable, wandb's settings files, .netrc for the host wandb is set to use), never by a
@@ -7,10 +8,35 @@ guess of our own. The run starts off the training's critical path: importing wan
 lookup and `wandb.init` (seconds, the first time in a process) run in a background thread from the
 moment Lightning first asks for the run, and whatever needs the run waits for it there; a run that
 cannot start stops the command at that point, before any checkpoint is written.
+
+One W&B run per training run. A validate/test/predict of one of its checkpoints resumes it by id (the
+CLI sets `evaluation`, cnnlab/cli.py `_name_wandb_run`) and logs its keys beside the training's:
+`test/...` as logged, everything else under `<subcommand>/` (`validate/val/acc`), never `epoch` or
+`trainer/global_step`, so the training's own summary is never overwritten.
+
+Offline, that resume is a second `offline-run-*-<id>` directory (the evaluation's own, under its record).
+What wandb does with it (read in wandb 0.30.0 and 0.31.0, and wandb/wandb on GitHub):
+- wandb 0.31 records the resume in the offline file (`RunRecord.resume`, proto field 24, true for
+  `resume="allow"`); the offline run itself starts afresh (`resumed` false, its history `_step` from 0
+  again). wandb 0.30 does not: `wandb.init` warns "`resume` will be ignored since W&B syncing is set to
+  `offline`" (wandb/sdk/wandb_init.py), and syncing that file replaces the run's history (wandb/wandb
+  issues #3841, #5865). So an offline evaluation logs into its training run only where the field exists
+  (`offline_resume_recorded`), and is a W&B run of its own otherwise.
+- `wandb sync` (wandb-core, 0.30+) replays a file through the same sender as a live run, so the
+  recorded resume makes it upsert into the existing run: the server's summary and config are the
+  starting point (core/internal/runbranch/resume.go, `processResponse`) and history continues after the
+  run's last `_step` (`StartingStep`, applied by the sender: "sender: error applying history step" in
+  wandb-core 0.31). Files of one run given to ONE `wandb sync` are synced one after another in order of
+  start time (core/internal/runsync/runsyncoperation.go, `initAndPlan`; `wandb sync --help`), so the
+  fit's file comes first whatever the order on the command line. `sync_command` lists them all, in
+  that order anyway; rerunning it skips files already synced (`<file>.wandb.synced`).
+Not checked here: an upload against a server (none is reachable from the tests).
 """
 
 import os
+import re
 import secrets
+import shlex
 import threading
 from pathlib import Path
 
@@ -18,8 +44,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from cnnlab.errors import CnnlabError
 from cnnlab.lightning_internals import WandbInternals
+from cnnlab.run_dir import EVALUATIONS
 
 CONFIG_FILE = "cnnlab_config.yaml"  # W&B reserves config.yaml for its own run config
+DEFAULT_PROJECT = "cnnlab"  # where WANDB_PROJECT and the config name none
+TRAINING_KEYS = ("epoch", "trainer/global_step")  # Lightning adds them to every row; an evaluation's are 0
 
 
 def wandb_has_credentials() -> bool:
@@ -33,16 +62,53 @@ def wandb_has_credentials() -> bool:
         return False
 
 
-def decide_offline(offline: bool | None) -> bool:
-    """An explicit `offline` wins; then WANDB_MODE; then online exactly when wandb has credentials."""
+def decide_mode(offline: bool | None) -> str:
+    """The mode, "online", "offline" or "disabled": an explicit `offline` wins; then WANDB_MODE (WANDB_DISABLED)
+    as wandb reads it; then online exactly when wandb has credentials."""
     if offline is not None:
-        return offline
+        return "offline" if offline else "online"
     mode = os.environ.get("WANDB_MODE", "")
-    if mode in ("offline", "dryrun", "disabled"):
-        return True
+    if mode == "disabled" or os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1"):
+        return "disabled"
+    if mode in ("offline", "dryrun"):
+        return "offline"
     if mode == "online":
-        return False
-    return not wandb_has_credentials()
+        return "online"
+    return "online" if wandb_has_credentials() else "offline"
+
+
+def decide_offline(offline: bool | None) -> bool:
+    """Whether the run will not reach a server (offline or disabled), decided as `decide_mode` does."""
+    return decide_mode(offline) != "online"
+
+
+def offline_resume_recorded() -> bool:
+    """Whether this wandb writes an offline run's resume into its file (`RunRecord.resume`, 0.31+), so
+    that `wandb sync` appends it to the run instead of replacing the run's history."""
+    from wandb.proto import wandb_internal_pb2
+
+    return "resume" in wandb_internal_pb2.RunRecord.DESCRIPTOR.fields_by_name
+
+
+def offline_dirs(run_id: str, roots: list[Path]) -> list[Path]:
+    """The `offline-run-<time>-<id>[-<n>]` directories of one W&B run in the `wandb/` folders given,
+    oldest first (the order `wandb sync` merges a resumed run in)."""
+    name = re.compile(rf"offline-run-(\d{{8}}_\d{{6}})-{re.escape(run_id)}(?:-(\d+))?")
+    found = {}
+    for root in roots:
+        for path in Path(root).glob("offline-run-*"):
+            match = name.fullmatch(path.name)
+            if match and path.is_dir():
+                found[path.resolve()] = (match[1], int(match[2] or 0))
+    return sorted(found, key=found.get)
+
+
+def shell_path(path: Path) -> str:
+    """A path for a command to copy: relative to the working directory where it lies under it, quoted."""
+    path = Path(path).resolve()
+    if path.is_relative_to(Path.cwd()):
+        path = path.relative_to(Path.cwd())
+    return shlex.quote(str(path))
 
 
 class _StartingRun:
@@ -60,14 +126,27 @@ class _StartingRun:
 
 
 class WandbLogger(WandbInternals):
-    """Lightning's WandbLogger, offline by itself where wandb finds no credentials, started in the
-    background.
+    """Lightning's WandbLogger, with W&B's own settings deciding, started in the background.
 
     Args:
-        offline: None decides as wandb does: WANDB_MODE if set, else online exactly when wandb has
-            credentials (WANDB_API_KEY, `wandb login`, a .netrc entry for its host). Offline runs
-            sync later with `wandb sync`.
-        (the rest as Lightning's WandbLogger; extra wandb.init arguments go in dict_kwargs)
+        offline: None decides as wandb does: WANDB_MODE if set (`disabled`: no W&B run and no files,
+            the records are written as always), else online exactly when wandb has credentials
+            (WANDB_API_KEY, `wandb login`, a .netrc entry for its host). An offline run prints the
+            `wandb sync` command that uploads it (`sync_command`).
+        project: None: WANDB_PROJECT, else "cnnlab". A project given here wins over WANDB_PROJECT, as
+            an explicit `wandb.init` argument does (so configs/logger/wandb.yaml names none).
+        log_model: upload checkpoints as W&B artifacts (type "model", named model-<run id>): True, the
+            best and last at the end of fit; "all", every checkpoint as it is written. Off by default:
+            each is a copy of the checkpoint in W&B's staging folder, offline until synced.
+        evaluation: set by the CLI, not by hand: the subcommand (validate, test, predict) of an
+            evaluation that logs into its training run's W&B run (`version` is that run's id). Its
+            keys get the prefix `<evaluation>/` unless they have it (`test/acc` stays,
+            `val/acc` of a validate becomes `validate/val/acc`); `epoch` and `trainer/global_step`
+            (the training's, 0 in an evaluation) are left out; the run's config and state stay the
+            training's; its resolved config is saved as evaluations/<its folder>/cnnlab_config.yaml.
+        (the rest as Lightning's WandbLogger; extra wandb.init arguments go in dict_kwargs.
+        WANDB_ENTITY, WANDB_TAGS, WANDB_RUN_GROUP and WANDB_JOB_TYPE apply where the config names none;
+        WANDB_DIR, where set, holds the offline folders instead of the run's directory.)
     """
 
     def __init__(
@@ -76,12 +155,13 @@ class WandbLogger(WandbInternals):
         save_dir: str = ".",
         version: str | None = None,
         offline: bool | None = None,
-        project: str = "cnnlab",
+        project: str | None = None,
         log_model: bool | str = False,
         prefix: str = "",
         group: str | None = None,
         job_type: str | None = None,
         tags: list[str] | None = None,
+        evaluation: str | None = None,
         **kwargs,
     ) -> None:
         # From YAML every wandb.init argument arrives, unset ones as None: leave those to Lightning and wandb.
@@ -93,14 +173,17 @@ class WandbLogger(WandbInternals):
             name=name,
             save_dir=save_dir,
             version=version or secrets.token_hex(4),
-            offline=bool(offline),
-            project=project,
+            offline=False,  # decided when the run starts (`_start`); Lightning would refuse log_model offline
+            project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             log_model=log_model,
             prefix=prefix,
             **kwargs,
         )
         self._asked_offline = offline
-        self.offline: bool | None = None  # decided with wandb's credential lookup, when the run starts
+        self.checkpoint_artifacts = log_model
+        self.evaluation = evaluation
+        self.mode: str | None = None  # online, offline or disabled: decided when the run starts
+        self.offline: bool | None = None
         # Lightning would set WANDB_MODE for an offline run just before wandb.init, after the credential
         # lookup started wandb's session, and wandb would warn on every run that the change is ignored:
         # the mode goes to wandb.init instead (`_start`), and Lightning's flag is cleared.
@@ -108,16 +191,26 @@ class WandbLogger(WandbInternals):
         # Lightning passes anonymous=None to wandb.init, which warns on every run that the setting is gone.
         if self.init_kwargs.get("anonymous") is None:
             self.init_kwargs.pop("anonymous", None)
+        # An explicit `dir` would beat WANDB_DIR; where that is set, wandb's folders go there.
+        if os.environ.get("WANDB_DIR"):
+            self.init_kwargs.pop("dir", None)
         self._pending_hparams: dict | None = None
         self._pending_config: tuple[str, dict] | None = None
         self._lock = threading.RLock()
         self._starter: threading.Thread | None = None
         self._start_error: BaseException | None = None
+        self._sync_dir: Path | None = None
 
     @property
     def started(self) -> bool:
-        """Whether a W&B run exists (or is being started)."""
-        return self._starter is not None or self.current_run is not None
+        """Whether a W&B run exists (or is being started): not where W&B is disabled."""
+        return (self._starter is not None or self.current_run is not None) and self.mode != "disabled"
+
+    @property
+    def version(self) -> str | None:
+        """The run's id: the started run's, else the one it will be started with."""
+        run = self.current_run
+        return run.id if run is not None else self.init_kwargs.get("id")
 
     @property
     def experiment(self):
@@ -132,22 +225,48 @@ class WandbLogger(WandbInternals):
         return self.wait()
 
     def _start(self) -> None:
-        """In the background: decide online or offline as wandb does, start the run, attach what was
-        logged before it existed."""
+        """In the background: decide the mode as wandb does, start the run, attach what was logged
+        before it existed."""
         try:
-            offline = decide_offline(self._asked_offline)
-            if offline and os.environ.get("WANDB_MODE", "") not in ("offline", "dryrun", "disabled"):
+            mode = decide_mode(self._asked_offline)
+            if mode == "offline" and not os.environ.get("WANDB_MODE"):
                 rank_zero_info(
-                    f"cnnlab: wandb has no credentials (WANDB_API_KEY or `wandb login`): logging offline into "
-                    f"{self.save_dir}/wandb/. Upload later with `wandb sync {self.save_dir}/wandb/offline-run-*`."
+                    "cnnlab: wandb has no credentials (WANDB_API_KEY or `wandb login`): logging offline; the "
+                    "`wandb sync` command that uploads the run is printed at the end."
                 )
-            self.offline = offline
-            self.init_kwargs["mode"] = "offline" if offline else "online"
+            if mode == "offline" and self.evaluation and not offline_resume_recorded():
+                self._log_on_its_own()
+            self.mode, self.offline = mode, {"online": False, "offline": True}.get(mode)
+            self.init_kwargs["mode"] = mode
+            settings = self.init_kwargs.get("settings") or {}
+            if isinstance(settings, dict):  # wandb's end-of-run history, summary and sync hint: cnnlab prints its own
+                self.init_kwargs["settings"] = {"quiet": True, **settings}
             run = self.start_lightning_run()
+            if mode == "offline":
+                self._sync_dir = Path(run.settings.sync_dir)
+            if self.evaluation and mode != "disabled":
+                # Lightning has wandb fill `trainer/global_step` into rows without it (step_sync): an
+                # evaluation's (0, or the last value this process saw) would overwrite the training's.
+                run.define_metric("*", step_metric="trainer/global_step", step_sync=False, overwrite=True)
             with self._lock:
                 self._attach_pending(run)
         except BaseException as err:  # wandb raises its own assorted types: network, auth, usage
             self._start_error = err
+
+    def _log_on_its_own(self) -> None:
+        """An offline evaluation where this wandb cannot record a resume (before 0.31): syncing it into
+        the training's run would replace that run's history, so it is a W&B run of its own."""
+        rank_zero_info(
+            f"cnnlab: this wandb cannot resume a run offline, so this {self.evaluation} logs into a W&B run of its "
+            f"own (job type {self.evaluation}), not into the training's {self.init_kwargs.get('id')}."
+        )
+        self.init_kwargs.update(
+            id=secrets.token_hex(4),
+            job_type=self.evaluation,
+            name=f"{self.init_kwargs.get('name')}/{Path(self.save_dir).name}",
+        )
+        self.init_kwargs.pop("resume", None)
+        self.evaluation = None
 
     def wait(self):
         """The W&B run, once started; one paragraph if it could not start."""
@@ -163,7 +282,19 @@ class WandbLogger(WandbInternals):
             ) from err
         return self.current_run
 
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        if not self.evaluation:
+            super().log_metrics(metrics, step)
+            return
+        # An evaluation's rows hold its own keys only: nothing of the training's summary is overwritten.
+        prefix = f"{self.evaluation}/"
+        keys = {k: v for k, v in metrics.items() if k not in TRAINING_KEYS}
+        self.experiment.log({(k if k.startswith(prefix) else prefix + k): v for k, v in keys.items()})
+
     def log_hyperparams(self, params) -> None:
+        if self.evaluation:  # the run's config is its training's
+            return
         # Held until the run exists; attached by the thread that starts it.
         with self._lock:
             if self.current_run is not None:
@@ -173,30 +304,73 @@ class WandbLogger(WandbInternals):
 
     def attach_config(self, config_yaml: str, values: dict) -> None:
         """The resolved config as the run's config and as a file named CONFIG_FILE among its files,
-        when the run starts."""
+        when the run starts (an evaluation's: the file only, under evaluations/<its folder>/)."""
         with self._lock:
             self._pending_config = (config_yaml, values)
             if self.current_run is not None:
                 self._attach_pending(self.current_run)
 
     def _attach_pending(self, run) -> None:
+        if self.mode == "disabled":
+            self._pending_hparams = self._pending_config = None
+            return
         if self._pending_hparams is not None:
             params, self._pending_hparams = self._pending_hparams, None
-            super().log_hyperparams(params)
+            if not self.evaluation:
+                super().log_hyperparams(params)
         if self._pending_config is not None:
             (config_yaml, values), self._pending_config = self._pending_config, None
-            run.config.update(values, allow_val_change=True)
-            path = Path(run.dir) / CONFIG_FILE
+            folder = Path(run.dir)
+            if self.evaluation:
+                folder = folder / EVALUATIONS / Path(self.save_dir).name
+                folder.mkdir(parents=True, exist_ok=True)
+            else:
+                run.config.update(values, allow_val_change=True)
+            path = folder / CONFIG_FILE
             path.write_text(config_yaml)
             run.save(str(path), base_path=run.dir, policy="now")
 
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        if self.checkpoint_artifacts and self._artifacts_wanted():
+            super().after_save_checkpoint(checkpoint_callback)
+
+    def finalize(self, status: str) -> None:
+        if self.checkpoint_artifacts and self._artifacts_wanted():
+            super().finalize(status)
+
+    def _artifacts_wanted(self) -> bool:
+        """Checkpoints go to W&B from a training run that reaches W&B (disabled: nothing is made)."""
+        if rank_zero_only.rank != 0 or self.evaluation:
+            return False
+        try:
+            self.wait()
+        except CnnlabError:
+            return False
+        return self.mode in ("online", "offline")
+
+    def sync_command(self) -> str | None:
+        """The one-line shell command that uploads this run's offline files: its own folder, those of
+        earlier parts of the run (a resumed fit) and of the evaluations that logged into it, oldest
+        first; None when the run is online or disabled (or never started)."""
+        if self.mode != "offline" or self._sync_dir is None:
+            return None
+        run_dir = Path(self.save_dir)
+        if self.evaluation and run_dir.parent.name == EVALUATIONS:
+            run_dir = run_dir.parent.parent
+        roots = [self._sync_dir.parent, run_dir / "wandb", *run_dir.glob(f"{EVALUATIONS}/*/wandb")]
+        if os.environ.get("WANDB_DIR"):
+            roots.append(Path(os.environ["WANDB_DIR"]) / "wandb")
+        dirs = offline_dirs(self.version, roots) or [self._sync_dir]
+        return "wandb sync " + " ".join(shell_path(d) for d in dirs)
+
     def finish(self, failed: bool) -> None:
         """Close this run now, not at interpreter exit: the next run in the same process (a seed
-        worker, a test) would otherwise log into it."""
-        if self.started:
+        worker, a test) would otherwise log into it. An evaluation leaves its training run's state
+        as the training left it (its own record says whether it failed)."""
+        if self._starter is not None or self.current_run is not None:
             try:
                 run = self.wait()
             except CnnlabError:
                 return
             if run is not None:
-                run.finish(exit_code=1 if failed else 0)
+                run.finish(exit_code=1 if failed and not self.evaluation else 0)

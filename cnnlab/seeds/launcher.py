@@ -101,6 +101,7 @@ class Launcher:
                     f"interrupted: {counts['finished']} seeds finished, {counts['failed']} failed, the rest not run. "
                     "Run the same command again to resume (finished seeds are kept)."
                 )
+                self._say_sync()
                 return 130
             except BaseException:
                 self._stop_all("interrupted", "the launcher stopped on an error")
@@ -113,7 +114,16 @@ class Launcher:
                 f"Distributions and statistics: cnnlab-seeds report {sweep.name}"
                 + ("" if sweep.root == Path(RUNS_ROOT).resolve() else f" --root {sweep.root}")
             )
+            self._say_sync()
             return self._exit_code()
+
+    def _say_sync(self) -> None:
+        """Where W&B ran offline: the one command that uploads the whole sweep, each seed's W&B run
+        with the test that logged into it."""
+        ids = [r.wandb_id for r in self.registry.records() if r.wandb_id]
+        command = self.sweep.wandb_sync_command(ids)
+        if command:
+            self.say(f"W&B ran offline; upload the sweep's runs (fit and test of each seed) with:\n  {command}")
 
     def _exit_code(self) -> int:
         records = [r for r in self.registry.records() if r.seed in set(self.sweep.seeds)]

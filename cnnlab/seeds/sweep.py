@@ -9,15 +9,16 @@ import hashlib
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from cnnlab.command_line import short
+from cnnlab.command_line import locate_config, short
 from cnnlab.environment import FIGURES_ENV, WANDB_GROUP_ENV, WANDB_JOB_TYPE_ENV, WANDB_TAGS_ENV
 from cnnlab.errors import CnnlabError
-from cnnlab.run_dir import RUNS_ROOT
+from cnnlab.run_dir import EVALUATIONS, RUNS_ROOT
 
 RESERVED = {
     "--seed_everything": "the model seed is the launcher's: give the seeds with --seeds",
@@ -65,6 +66,8 @@ class Sweep:
             raise CnnlabError(f"--timeout is {self.timeout}; give seconds per seed above 0, or leave it out.")
         if self.figures not in ("first", "all", "none"):
             raise CnnlabError(f"--figures is {self.figures!r}; give first, all or none.")
+        # configs/... is also found with the installed package, as train.py finds it (cnnlab/command_line.py).
+        self.configs = [locate_config(str(config)) for config in self.configs]
         for config in self.configs:
             if not Path(config).is_file():
                 raise CnnlabError(
@@ -100,6 +103,29 @@ class Sweep:
         (metrics they compute, such as an anomaly report's AUROC, are logged either way)."""
         draws = self.figures == "all" or (self.figures == "first" and seed == min(self.seeds))
         return {**wandb_labels(self.name, self.configs, self.job_type, self.tags), FIGURES_ENV: "1" if draws else "0"}
+
+    def wandb_sync_command(self, run_ids: list[str]) -> str | None:
+        """One `wandb sync` that uploads every offline W&B folder of the sweep (None where there is
+        none): each seed's fit, then the tests that logged into its run, which `wandb sync` appends
+        to it (files of one run are synced in order of start time; cnnlab/wandb_logger.py). In the
+        runs' own directories it is two globs, so it stays one short line for any number of seeds;
+        under WANDB_DIR, where other runs' folders lie too, the folders of the sweep's runs by name."""
+        fits = sorted(self.dir.glob("*/wandb/offline-run-*"))
+        evaluations = sorted(self.dir.glob(f"*/{EVALUATIONS}/*/wandb/offline-run-*"))
+        if os.environ.get("WANDB_DIR"):
+            wandb_dir = Path(os.environ["WANDB_DIR"]) / "wandb"
+            named = re.compile(r"offline-run-\d{8}_\d{6}-(.+?)(-\d+)?")
+            ids = set(run_ids)
+            found = [p for p in wandb_dir.glob("offline-run-*") if (m := named.fullmatch(p.name)) and m[1] in ids]
+            found = sorted({*fits, *evaluations, *found}, key=lambda p: p.name)
+            return "wandb sync " + " ".join(shlex.quote(str(p)) for p in found) if found else None
+        folder = self.dir
+        if folder.is_relative_to(Path.cwd()):
+            folder = folder.relative_to(Path.cwd())
+        globs = [g for g, found in (("*/wandb", fits), (f"*/{EVALUATIONS}/*/wandb", evaluations)) if found]
+        if not globs:
+            return None
+        return "wandb sync " + " ".join(f"{shlex.quote(str(folder))}/{g}/offline-run-*" for g in globs)
 
 
 def wandb_labels(group: str, configs: list[str], job_type: str, tags: list[str]) -> dict[str, str]:
