@@ -5,20 +5,23 @@ one-paragraph errors (exit 2) instead of tracebacks. docs/design.md describes th
 """
 
 import contextlib
+import copy
 import errno
 import inspect
 import os
+import shlex
 import signal
 import sys
 import warnings
+from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
 import torch
 import yaml
-from jsonargparse import ArgumentError, Namespace
+from jsonargparse import ArgumentError, DefaultHelpFormatter, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -31,7 +34,14 @@ from callbacks.schedule_guard import ScheduleLengthGuard
 from cnnlab import checkpoints
 from cnnlab.atomic import disk_full, write_atomically
 from cnnlab.checkpoint_io import AtomicCheckpointIO
-from cnnlab.command_line import explicit_settings, integer_limits, parse_error_paragraph
+from cnnlab.closing import closing_block
+from cnnlab.command_line import (
+    environment_settings,
+    explicit_settings,
+    integer_limits,
+    located_configs,
+    parse_error_paragraph,
+)
 from cnnlab.environment import DEBUG_ENV
 from cnnlab.errors import CnnlabError
 from cnnlab.lightning_internals import CnnlabInternals, TimedProgressBar
@@ -59,6 +69,24 @@ from lightning_modules.optimization import unbounded_plan
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 DEFAULT_SEED = 1234
+DESCRIPTION = """cnnlab: train, evaluate and compare convolutional networks (classifier, AutoEncoder, VAE,
+UNet, anomaly detectors) on MNIST and CIFAR-10, from one YAML config per experiment.
+
+Each fit gets its own run directory, runs/<experiment>/<date>-<time>-seed<seed>/, holding
+config.yaml (re-runs the run), summary.json (its record), checkpoints/ and figures/; each
+validate/test/predict of its checkpoint writes a record of its own under the run's evaluations/.
+--ckpt_path best|last picks the newest finished run of the experiment. Settings also come from
+environment variables: PL_FIT__TRAINER__MAX_EPOCHS=3 is --trainer.max_epochs 3 for fit.
+
+examples:
+  python train.py fit --config configs/mnist_classifier.yaml
+  python train.py test --config configs/mnist_classifier.yaml --ckpt_path best
+  python train.py fit --config configs/mnist_vae.yaml --config configs/trainer/debug.yaml
+  python train.py fit --config configs/mnist_classifier.yaml --config configs/trainer/early_stopping.yaml
+  python train.py fit --help          (every setting of fit)
+  cnnlab-seeds run --name mnist-cnn --config configs/mnist_classifier.yaml --seeds 1-10
+
+docs/guide.md walks through it; docs/design.md says how it is built."""
 LINKS = checkpoints.LINKED  # DataModule property -> model argument of the same name
 WANDB_LOGGER = "cnnlab.wandb_logger.WandbLogger"
 
@@ -66,6 +94,10 @@ WANDB_LOGGER = "cnnlab.wandb_logger.WandbLogger"
 def say(text: str) -> None:
     if launched_as_rank_zero():
         print(f"cnnlab: {text}", file=sys.stderr, flush=True)
+
+
+class HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with cnnlab's description and examples kept as written."""
 
 
 class ConfigFile(Callback):
@@ -91,12 +123,28 @@ class CnnlabCLI(CnnlabInternals):
     """LightningCLI in subclass mode for model and data, with cnnlab's run directories and records."""
 
     def __init__(self, args=None, run: bool = True, **kwargs) -> None:
-        self.argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        given = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        self.argv = located_configs(given)
+        if self.argv != given:  # a --config found with the installed package (cnnlab used outside the checkout)
+            if args is None:
+                sys.argv[1:] = self.argv
+            else:
+                args = self.argv
         kwargs.setdefault("save_config_callback", None)  # ConfigFile writes config.yaml (see instantiate_trainer)
         kwargs.setdefault("seed_everything_default", DEFAULT_SEED)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("trainer_defaults", {"logger": {"class_path": WANDB_LOGGER}, "default_root_dir": RUNS_ROOT})
-        kwargs.setdefault("parser_kwargs", {"parser_mode": "yaml", "exit_on_error": False})
+        # default_env: LightningCLI's environment overrides (PL_FIT__TRAINER__MAX_EPOCHS=3), as its users expect.
+        kwargs.setdefault(
+            "parser_kwargs",
+            {
+                "parser_mode": "yaml",
+                "exit_on_error": False,
+                "default_env": True,
+                "description": DESCRIPTION,
+                "formatter_class": HelpFormatter,
+            },
+        )
         super().__init__(args=args, run=run, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:
@@ -125,6 +173,20 @@ class CnnlabCLI(CnnlabInternals):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_argument(
+            "--early_stopping.patience",
+            type=int | None,
+            default=None,
+            help="Stop a fit after this many validations without improvement of checkpoint.monitor (in its "
+            "checkpoint.mode), with Lightning's EarlyStopping; unset: no early stopping "
+            "(configs/trainer/early_stopping.yaml sets it).",
+        )
+        parser.add_argument(
+            "--early_stopping.min_delta",
+            type=float,
+            default=0.0,
+            help="The smallest change of checkpoint.monitor that counts as an improvement for early stopping.",
+        )
         # What data and model share is said once, by the DataModule.
         for name in LINKS:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
@@ -151,7 +213,8 @@ class CnnlabCLI(CnnlabInternals):
                 "Give an integer (the model seed: initialisation, dropout, augmentation, shuffling), or "
                 "true to draw a random one that is recorded in config.yaml and summary.json."
             )
-        self.explicit = explicit_settings(self.argv)
+        self.from_environment = environment_settings(subcommand)
+        self.explicit = {**self.from_environment, **explicit_settings(self.argv)}
         self.integer_limits = integer_limits(config, self.explicit)
         self.experiment = config.get("experiment") or self._experiment_name(config)
         self.root = Path(config.trainer.get("default_root_dir") or RUNS_ROOT)
@@ -159,13 +222,22 @@ class CnnlabCLI(CnnlabInternals):
         self.agreement = checkpoints.Agreement()
         check_trainer_settings(config)
         if subcommand and config.get("ckpt_path"):
-            path = checkpoints.resolve(config.ckpt_path, self.root, self.experiment)
+            path, picked = checkpoints.resolve(config.ckpt_path, self.root, self.experiment, subcommand)
+            if picked:  # best / last: which run they meant
+                say(picked)
             config.ckpt_path = str(path)
             self.checkpoint = checkpoints.read(path)
             self.agreement = checkpoints.reconcile(config, self.checkpoint, self.explicit, subcommand)
             if subcommand != "fit":
                 checkpoints.reconcile_task(config, self.checkpoint, self.explicit, self.agreement)
             self._seed_from_checkpoint(config, subcommand)
+            unfinished = self.checkpoint.run_dir is not None and not self.checkpoint.run_finished
+            if subcommand == "fit" and config.trainer.get("fast_dev_run") and unfinished:
+                raise CnnlabError(
+                    f"fast_dev_run with --ckpt_path {self.checkpoint.path}: a smoke test would resume the unfinished "
+                    f"run {self.checkpoint.run_dir} in place and write its one step into the run's last.ckpt. Leave "
+                    "--ckpt_path out for a smoke test (a run of its own), or fast_dev_run out to resume the run."
+                )
             if subcommand == "fit":
                 checkpoints.check_schedule_plan(config, self.checkpoint)
 
@@ -225,6 +297,11 @@ class CnnlabCLI(CnnlabInternals):
             run_dir = None
             output_dir = self.claimed = claim_standalone_dir(self.root / self.experiment, seed, subcommand, **claim)
         self.run_dir, self.output_dir = run_dir, output_dir
+        # config.yaml re-runs the run: it keeps these as the user gave them, not as placed here.
+        self.placements = {
+            "trainer.default_root_dir": config.trainer.get("default_root_dir"),
+            "checkpoint.dirpath": config.checkpoint.get("dirpath"),
+        }
         self.held = None
         if subcommand == "fit" and inherited is None and launched_as_rank_zero():
             self.held = hold_run(run_dir)
@@ -240,6 +317,9 @@ class CnnlabCLI(CnnlabInternals):
         """Every logger writes into the output directory, so `trainer.log_dir` is that directory."""
         loggers = config.trainer.get("logger")
         loggers = loggers if isinstance(loggers, list) else [loggers]
+        self.placements["trainer.logger"] = [
+            logger.init_args.clone().as_dict() if hasattr(logger, "class_path") else None for logger in loggers
+        ]
         for logger in loggers:
             if not hasattr(logger, "class_path"):
                 continue
@@ -253,17 +333,38 @@ class CnnlabCLI(CnnlabInternals):
                 self._name_wandb_run(logger, args, subcommand)
 
     def _name_wandb_run(self, logger: Namespace, args: Namespace, subcommand: str) -> None:
-        """Runs are grouped by experiment. A resumed run logs into its own W&B run; an evaluation is a
-        run of its own (job type validate/test/predict) that names the training run. Under `wandb agent`
-        W&B ignores any id but the agent's (WANDB_RUN_ID), so that one is the run's."""
+        """One W&B run per training run, grouped by experiment (by sweep for cnnlab-seeds); W&B's own
+        WANDB_RUN_GROUP, WANDB_JOB_TYPE and WANDB_TAGS apply where cnnlab would choose. A resumed run logs
+        into its own W&B run, and so does an evaluation of one of its checkpoints: it resumes the run by
+        the id in the run's summary.json, with its name and labels, and its keys go beside the
+        training's (cnnlab/wandb_logger.py, `evaluation`). An evaluation on other data than the run was
+        trained on (a `--data.*` setting on the command line that changes it), or of a run without a
+        W&B run, is a W&B run of its own (job type validate/test/predict) naming the training run. Under
+        `wandb agent` W&B ignores any id but the agent's (WANDB_RUN_ID), so that one is the run's."""
         run = self.run_dir or self.output_dir
+        if subcommand != "fit" and self.run_dir is not None and self.checkpoint is not None:
+            training, changed = training_wandb_run(read_summary(self.run_dir), self._config.get("data"), self.explicit)
+            if training is not None and not changed:
+                for key in ("name", "group", "job_type", "tags", "entity", "project"):
+                    if training.get(key) is not None:
+                        args[key] = training[key]
+                args.version, args.evaluation = training["id"], subcommand
+                logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "resume": "allow"}
+                return
+            if training is not None:
+                say(
+                    f"this {subcommand} runs on other data than {self.run_dir.name} was trained on "
+                    f"({', '.join(changed)}), so its W&B run is its own (job type {subcommand}), not the training's."
+                )
         label = run.name if self.output_dir == run else f"{run.name}/{self.output_dir.name}"
         labels = wandb_labels_from_env()  # a seed of cnnlab-seeds: the sweep's group, job type and tags
         args.name = args.get("name") or f"{self.experiment}/{label}"
-        args.group = args.get("group") or labels.get("group") or self.experiment
-        args.job_type = args.get("job_type") or (labels.get("job_type") if subcommand == "fit" else None) or subcommand
-        if labels.get("tags") and not args.get("tags"):
-            args.tags = labels["tags"]
+        args.group = args.get("group") or labels.get("group") or os.environ.get("WANDB_RUN_GROUP") or self.experiment
+        job_type = labels.get("job_type") if subcommand == "fit" else None
+        args.job_type = args.get("job_type") or job_type or os.environ.get("WANDB_JOB_TYPE") or subcommand
+        if labels.get("tags") and not args.get("tags"):  # the sweep's tags, and WANDB_TAGS beside them
+            extra = [t.strip() for t in os.environ.get("WANDB_TAGS", "").split(",") if t.strip()]
+            args.tags = [*labels["tags"], *(t for t in extra if t not in labels["tags"])]
         if not args.get("version"):
             previous = (read_summary(run).get("wandb") or {}) if self.resuming_in_place else {}
             args.version = previous.get("id") or os.environ.get("WANDB_RUN_ID") or None
@@ -296,6 +397,7 @@ class CnnlabCLI(CnnlabInternals):
         callbacks: list[Callback] = [self.record, self.config_file]
         if self.subcommand in ("fit", None):
             callbacks += [NonFiniteLossGuard(), ScheduleLengthGuard()]
+            callbacks += early_stopping(self._config)
             if logger is not False and logger != []:
                 callbacks.append(LearningRateMonitor())
             if self.agreement.training_changed:
@@ -312,10 +414,15 @@ class CnnlabCLI(CnnlabInternals):
         return super().instantiate_trainer(**kwargs, plugins=with_atomic_checkpoints(trainer_config.get("plugins")))
 
     def _record_details(self) -> dict:
-        details = {}
+        details = {
+            "command": shlex.join(["python", "train.py", *self.argv]),
+            "overrides": self.explicit,  # the settings given on the command line or as PL_* variables
+        }
+        if self.from_environment:
+            details["environment_overrides"] = self._environment_overrides()
         changes = self.agreement.record()
         if self.subcommand == "fit" and self.checkpoint is not None:
-            details["resume"] = {"at_step": self.checkpoint.global_step, **changes}
+            details["resume"] = {"at_step": self.checkpoint.global_step, "command": details["command"], **changes}
         elif changes:
             details["model_arguments"] = changes
         if self.checkpoint is not None and self.subcommand != "fit":
@@ -351,6 +458,10 @@ class CnnlabCLI(CnnlabInternals):
             checkpoints.check_weights_fit(self.model, self.checkpoint, self.agreement)
         self._drop_unused_links()
         dumped = self.resolved_config()  # the dump Lightning made for the hyperparameters, made once
+        trainer = dumped.get("trainer") or {}
+        for name in self.integer_limits:  # jsonargparse dumps them as floats; Lightning reads 1.0 as every batch
+            if isinstance(trainer.get(name), float):
+                trainer[name] = int(trainer[name])
         # Links applied at instantiation reach the model but not the parsed config; write them in so
         # the records show the shapes that ran, not the signature's defaults.
         init_args = (dumped.get("model") or {}).get("init_args")
@@ -359,7 +470,8 @@ class CnnlabCLI(CnnlabInternals):
                 value = getattr(self.datamodule, name)
                 init_args[name] = list(value) if isinstance(value, tuple) else value
         self.record.config = dumped
-        self.config_file.text = yaml.safe_dump(dumped, sort_keys=False)
+        saved = rerunnable(dumped, self.placements, self.experiment)
+        self.config_file.text = self._config_header() + yaml.safe_dump(saved, sort_keys=False)
         self.config_file.values = {
             "seed": config.seed_everything,
             "git_commit": git_commit(),
@@ -377,6 +489,22 @@ class CnnlabCLI(CnnlabInternals):
                     f"warning: no --ckpt_path, so this {self.subcommand} uses the model's freshly initialised (random) "
                     "weights. Add --ckpt_path best (or last, or a checkpoint file) to use a trained model."
                 )
+
+    def _config_header(self) -> str:
+        """How the run was made and how to make it again, as YAML comments above the config."""
+        made = shlex.join(["python", "train.py", *self.argv])
+        env = " ".join(f"{name}={value}" for name, value in self._environment_overrides().items())
+        return (
+            f"# The resolved config of {self.output_dir}, written by cnnlab.\n"
+            f"# Made by: {env + ' ' if env else ''}{made}\n"
+            f"# Run it again (a new run, same settings and seed): python train.py {self.subcommand or 'fit'} "
+            f"--config {shlex.quote(str(self.output_dir / 'config.yaml'))}\n"
+        )
+
+    def _environment_overrides(self) -> dict[str, str]:
+        """The PL_<SUBCOMMAND>__* variables this command read settings from."""
+        prefix = f"PL_{(self.subcommand or 'fit').upper()}__"
+        return {name: value for name, value in sorted(os.environ.items()) if name.startswith(prefix)}
 
     def _drop_unused_links(self) -> None:
         """LightningCLI records a linked value in the model's hparams even where the model has no such
@@ -426,6 +554,25 @@ class CnnlabCLI(CnnlabInternals):
             for logger in self.trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.finish(failed)
+            if inherited_dirs() is None and launched_as_rank_zero():
+                self._say_what_happened()
+
+    def _say_what_happened(self) -> None:
+        """The closing block (cnnlab/closing.py): status, best score and checkpoint, record, next command."""
+        summary = read_summary(self.output_dir)
+        if not summary:
+            return
+        sync, wandb_line = None, None
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                sync = logger.sync_command()
+        recorded = summary.get("wandb") or {}
+        if recorded.get("mode") == "disabled":
+            wandb_line = "disabled (WANDB_MODE=disabled): no W&B run"
+        elif recorded.get("id") and recorded.get("started") is not False:
+            wandb_line = f"run {recorded['id']} ({recorded.get('mode') or 'online'}, project {recorded.get('project')})"
+        block = closing_block(self.subcommand or "fit", summary, self.output_dir, self.run_dir, sync, wandb_line)
+        print("\n" + "\n".join(f"cnnlab: {line}" for line in block.splitlines()), file=sys.stderr, flush=True)
 
     def _storage_failure(self, err: OSError) -> str:
         """What a full or read-only disk during a command means for its run, and how to go on."""
@@ -451,6 +598,48 @@ class CnnlabCLI(CnnlabInternals):
         return f"{text} No checkpoint had been written; free space there and start the run again."
 
 
+def early_stopping(config: Namespace) -> list[Callback]:
+    """Lightning's EarlyStopping on what the checkpoint monitors, where early_stopping.patience is set:
+    the run stops when the value its best checkpoint is chosen by stops improving."""
+    settings = config.get("early_stopping") or Namespace()
+    patience = settings.get("patience")
+    if patience is None:
+        return []
+    if patience < 1:
+        raise CnnlabError(
+            f"early_stopping.patience is {patience}; give the number of validations without improvement to wait "
+            "(1 or more), or leave it unset for no early stopping."
+        )
+    checkpoint = config.checkpoint
+    return [
+        EarlyStopping(
+            monitor=checkpoint.monitor,
+            mode=checkpoint.mode,
+            patience=patience,
+            min_delta=settings.get("min_delta") or 0.0,
+        )
+    ]
+
+
+def rerunnable(dumped: dict, placements: dict, experiment: str) -> dict:
+    """The resolved config (what the record holds: what ran) as one that re-runs the run (`fit --config
+    <run>/config.yaml`): the run's directories and logger names as the user gave them (cnnlab places
+    them per run, and a re-run gets a directory of its own); the experiment named, since the file is no
+    longer called after it."""
+    dumped = copy.deepcopy(dumped)
+    trainer = dumped.get("trainer") or {}
+    trainer["default_root_dir"] = placements.get("trainer.default_root_dir")
+    if isinstance(dumped.get("checkpoint"), dict):
+        dumped["checkpoint"]["dirpath"] = placements.get("checkpoint.dirpath")
+    given = placements.get("trainer.logger") or []
+    loggers = trainer.get("logger")
+    for logger, user_args in zip(loggers if isinstance(loggers, list) else [loggers], given, strict=False):
+        if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict) and user_args is not None:
+            logger["init_args"] = {**logger["init_args"], **user_args}
+    dumped["experiment"] = experiment
+    return dumped
+
+
 def with_atomic_checkpoints(plugins) -> list:
     """The configured trainer plugins, plus AtomicCheckpointIO unless one of them is a CheckpointIO."""
     plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list | tuple) else [plugins]
@@ -471,6 +660,58 @@ def drop_idle_wandb(trainer_config) -> None:
         trainer_config["logger"] = False
     elif isinstance(logger, list):
         trainer_config["logger"] = [item for item in logger if not isinstance(item, WandbLogger)] or False
+
+
+# Data settings that change how the data is read or trained on, not which images an evaluation sees
+SAME_EVALUATION_DATA = ("batch_size", "eval_batch_size", "num_workers", "download", "augment", "max_train_samples")
+
+
+def training_wandb_run(training: dict, data: Namespace | None, explicit: dict[str, str]) -> tuple[dict | None, list]:
+    """The W&B run of a training run, from its summary.json (id and project as started, name, labels and
+    entity as configured), or None where it had none (another logger, W&B disabled); and the `data`
+    settings given explicitly (`explicit`, short keys) whose value differs from the training's, which
+    make an evaluation's data other than the training's."""
+    recorded = training.get("wandb") or {}
+    if not (recorded.get("id") and recorded.get("started") and recorded.get("mode") in ("online", "offline")):
+        return None, []
+    config = training.get("config") or {}
+    loggers = (config.get("trainer") or {}).get("logger")
+    loggers = loggers if isinstance(loggers, list) else [loggers]
+    wandb_args = next(
+        (
+            item.get("init_args") or {}
+            for item in loggers
+            if isinstance(item, dict) and str(item.get("class_path", "")).endswith("WandbLogger")
+        ),
+        {},
+    )
+    run = {key: wandb_args.get(key) for key in ("name", "group", "job_type", "tags", "entity")}
+    run |= {"id": recorded["id"], "project": recorded.get("project")}
+
+    def plain(value):  # a parsed value as the record holds it (YAML's types)
+        value = value.as_dict() if isinstance(value, Namespace) else value
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return str(value) if isinstance(value, Path) else value
+
+    trained, data = config.get("data") or {}, data or Namespace()
+    changed = []
+    for key in explicit:
+        name = key.split(".", 1)[1] if key.startswith("data.") else None
+        if key in ("data", "data.class_path"):
+            differs = str(data.get("class_path")) != str(trained.get("class_path"))
+        elif name is None or name.split(".")[0] in SAME_EVALUATION_DATA:
+            continue
+        elif name == "data_dir":
+            now, before = data.get(f"init_args.{name}"), (trained.get("init_args") or {}).get(name)
+            differs = before is None or Path(str(now)).resolve() != Path(str(before)).resolve()
+        else:
+            differs = plain(data.get(f"init_args.{name}")) != (trained.get("init_args") or {}).get(name)
+        if differs:
+            changed.append(f"--{key}")
+    return run, changed
 
 
 def keep_earlier_metrics(run_dir: Path) -> None:

@@ -2,6 +2,7 @@
 tell: which settings were given explicitly, and whether a batch limit was an integer (a number of
 batches) or a fraction."""
 
+import os
 import re
 from pathlib import Path
 
@@ -38,6 +39,53 @@ def explicit_settings(args: list[str]) -> dict[str, str]:
             value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else ""
         found[short(key)] = value
     return found
+
+
+ENV_PREFIX = "PL"  # LightningCLI's: PL_FIT__TRAINER__MAX_EPOCHS=3 is --trainer.max_epochs=3 for fit
+
+
+def environment_settings(subcommand: str | None, environ=os.environ) -> dict[str, str]:
+    """The settings given as environment variables (LightningCLI's `default_env`): short key -> raw
+    text. They count as explicit, as the command line does: they win over --config files."""
+    if subcommand is None:
+        return {}
+    prefix = f"{ENV_PREFIX}_{subcommand.upper()}__"
+    return {
+        short(name[len(prefix) :].lower().replace("__", ".")): value
+        for name, value in environ.items()
+        if name.startswith(prefix) and name != f"{prefix}CONFIG"
+    }
+
+
+def packaged_configs() -> Path:
+    """Where the experiment configs of the installed package are: the checkout's configs/ for an
+    editable install, the copy installed with the package (cnnlab/configs) otherwise."""
+    import cnnlab
+
+    package = Path(cnnlab.__file__).parent
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+def locate_config(path: str) -> str:
+    """A --config path as given when it exists; `configs/<file>` from the installed package when it
+    does not (cnnlab used outside its checkout); else as given, for the parser to refuse."""
+    given = Path(path)
+    if given.exists() or given.is_absolute() or not given.parts or given.parts[0] != "configs":
+        return path
+    installed = packaged_configs().joinpath(*given.parts[1:])
+    return str(installed) if installed.is_file() else path
+
+
+def located_configs(args: list[str]) -> list[str]:
+    """The command line with each --config file located by `locate_config`."""
+    located = list(args)
+    for i, token in enumerate(located):
+        if token == "--config" and i + 1 < len(located):
+            located[i + 1] = locate_config(located[i + 1])
+        elif token.startswith("--config="):
+            located[i] = "--config=" + locate_config(token.partition("=")[2])
+    return located
 
 
 def _from_files(files: list) -> dict:
