@@ -24,7 +24,9 @@ def weights(run) -> dict:
 def test_a_runs_saved_config_reruns_it_to_the_same_weights(run_cli, tiny_args, tmp_path):
     """Two batches (an integer: a fraction 2.0 would be refused, 1 would mean one batch and 1.0 all of
     them), deterministic mode: `fit --config <run>/config.yaml` alone trains the same weights."""
-    run_cli("fit", [*tiny_args, "--trainer.limit_train_batches=2", "--trainer.deterministic=true", "--seed_everything=5"])
+    run_cli(
+        "fit", [*tiny_args, "--trainer.limit_train_batches=2", "--trainer.deterministic=true", "--seed_everything=5"]
+    )
     original = only_run(tmp_path)
     saved = yaml.safe_load((original / "config.yaml").read_text())
     assert saved["trainer"]["limit_train_batches"] == 2 and isinstance(saved["trainer"]["limit_train_batches"], int)
@@ -96,13 +98,26 @@ def test_configs_are_found_outside_the_checkout(run_cli, mnist_root, tmp_path, m
 def test_the_built_package_holds_every_config(tmp_path):
     """A wheel (a non-editable install) carries configs/ as cnnlab/configs, presets included."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
     )
     (wheel,) = tmp_path.glob("cnnlab-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = {f"cnnlab/configs/{p.relative_to(ROOT / 'configs').as_posix()}" for p in (ROOT / "configs").rglob("*.yaml")}
+    shipped = {
+        f"cnnlab/configs/{p.relative_to(ROOT / 'configs').as_posix()}" for p in (ROOT / "configs").rglob("*.yaml")
+    }
     assert shipped and shipped <= names
 
 
