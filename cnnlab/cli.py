@@ -76,7 +76,8 @@ Each fit gets its own run directory, runs/<experiment>/<date>-<time>-seed<seed>/
 config.yaml (re-runs the run), summary.json (its record), checkpoints/ and figures/; each
 validate/test/predict of its checkpoint writes a record of its own under the run's evaluations/.
 --ckpt_path best|last picks the newest finished run of the experiment. Settings also come from
-environment variables: PL_FIT__TRAINER__MAX_EPOCHS=3 is --trainer.max_epochs 3 for fit.
+environment variables: PL_FIT__TRAINER__MAX_EPOCHS=3 sets trainer.max_epochs for fit where no
+--config file or argument sets it.
 
 examples:
   python train.py fit --config configs/mnist_classifier.yaml
@@ -213,9 +214,11 @@ class CnnlabCLI(CnnlabInternals):
                 "Give an integer (the model seed: initialisation, dropout, augmentation, shuffling), or "
                 "true to draw a random one that is recorded in config.yaml and summary.json."
             )
-        self.from_environment = environment_settings(subcommand)
+        # PL_* variables that took effect count as given explicitly (the command line's, for a checkpoint's
+        # arguments); those a --config file or an argument overrode are left out, as jsonargparse ranks them.
+        self.from_environment = environment_settings(subcommand, self.argv)
         self.explicit = {**self.from_environment, **explicit_settings(self.argv)}
-        self.integer_limits = integer_limits(config, self.explicit)
+        self.integer_limits = integer_limits(config, explicit_settings(self.argv), self.from_environment)
         self.experiment = config.get("experiment") or self._experiment_name(config)
         self.root = Path(config.trainer.get("default_root_dir") or RUNS_ROOT)
         self.checkpoint: checkpoints.Checkpoint | None = None
@@ -343,18 +346,25 @@ class CnnlabCLI(CnnlabInternals):
         `wandb agent` W&B ignores any id but the agent's (WANDB_RUN_ID), so that one is the run's."""
         run = self.run_dir or self.output_dir
         if subcommand != "fit" and self.run_dir is not None and self.checkpoint is not None:
-            training, changed = training_wandb_run(read_summary(self.run_dir), self._config.get("data"), self.explicit)
-            if training is not None and not changed:
+            summary = read_summary(self.run_dir)
+            training = training_wandb_run(summary)
+            apart = self._evaluated_apart(summary) if training is not None else []
+            if training is not None and not apart:
                 for key in ("name", "group", "job_type", "tags", "entity", "project"):
                     if training.get(key) is not None:
                         args[key] = training[key]
-                args.version, args.evaluation = training["id"], subcommand
+                # The run's own test of its best checkpoint is its `test/*`; any other checkpoint's keys
+                # are named after the checkpoint (`last/test/acc`), so a later test never overwrites them.
+                best = summary.get("best_checkpoint")
+                is_best = best is not None and Path(best).resolve() == Path(self.checkpoint.path).resolve()
+                args.evaluation = subcommand if is_best else f"{Path(self.checkpoint.path).stem}/{subcommand}"
+                args.version = training["id"]
                 logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "resume": "allow"}
                 return
             if training is not None:
                 say(
-                    f"this {subcommand} runs on other data than {self.run_dir.name} was trained on "
-                    f"({', '.join(changed)}), so its W&B run is its own (job type {subcommand}), not the training's."
+                    f"this {subcommand} gets a W&B run of its own (job type {subcommand}), not {self.run_dir.name}'s: "
+                    f"{'; '.join(apart)}."
                 )
         label = run.name if self.output_dir == run else f"{run.name}/{self.output_dir.name}"
         labels = wandb_labels_from_env()  # a seed of cnnlab-seeds: the sweep's group, job type and tags
@@ -370,6 +380,21 @@ class CnnlabCLI(CnnlabInternals):
             args.version = previous.get("id") or os.environ.get("WANDB_RUN_ID") or None
             if previous.get("id"):
                 logger.dict_kwargs = {**(logger.get("dict_kwargs") or {}), "resume": "allow"}
+
+    def _evaluated_apart(self, summary: dict) -> list[str]:
+        """Why an evaluation of a run's checkpoint must not log into the run's W&B run: the run is not
+        finished (a live fit logs into it; a failed one would be marked finished), the data or the model
+        arguments differ from what it was trained with (its results are not the run's)."""
+        reasons = []
+        if summary.get("status") != "finished":
+            reasons.append(f"the run is {summary.get('status') or 'without a record'}, not finished")
+        changed = other_data((summary.get("config") or {}).get("data") or {}, self._config.get("data"))
+        if changed:
+            reasons.append(f"it runs on other data than the run was trained on ({', '.join(changed)})")
+        applied = self.agreement.record().get("applied") or {}
+        if applied:
+            reasons.append(f"it changes model arguments ({', '.join(sorted(applied))})")
+        return reasons
 
     # -- the trainer and its records -------------------------------------------------------------
 
@@ -493,7 +518,7 @@ class CnnlabCLI(CnnlabInternals):
     def _config_header(self) -> str:
         """How the run was made and how to make it again, as YAML comments above the config."""
         made = shlex.join(["python", "train.py", *self.argv])
-        env = " ".join(f"{name}={value}" for name, value in self._environment_overrides().items())
+        env = " ".join(f"{name}={shlex.quote(value)}" for name, value in self._environment_overrides().items())
         return (
             f"# The resolved config of {self.output_dir}, written by cnnlab.\n"
             f"# Made by: {env + ' ' if env else ''}{made}\n"
@@ -502,7 +527,8 @@ class CnnlabCLI(CnnlabInternals):
         )
 
     def _environment_overrides(self) -> dict[str, str]:
-        """The PL_<SUBCOMMAND>__* variables this command read settings from."""
+        """The PL_<SUBCOMMAND>__* variables set for this command (those a --config file or an argument
+        overrode too: the command line as it was run)."""
         prefix = f"PL_{(self.subcommand or 'fit').upper()}__"
         return {name: value for name, value in sorted(os.environ.items()) if name.startswith(prefix)}
 
@@ -555,7 +581,8 @@ class CnnlabCLI(CnnlabInternals):
                 if isinstance(logger, WandbLogger):
                     logger.finish(failed)
             if inherited_dirs() is None and launched_as_rank_zero():
-                self._say_what_happened()
+                with contextlib.suppress(OSError):  # a closing block that cannot be made must not hide the error
+                    self._say_what_happened()
 
     def _say_what_happened(self) -> None:
         """The closing block (cnnlab/closing.py): status, best score and checkpoint, record, next command."""
@@ -666,16 +693,13 @@ def drop_idle_wandb(trainer_config) -> None:
 SAME_EVALUATION_DATA = ("batch_size", "eval_batch_size", "num_workers", "download", "augment", "max_train_samples")
 
 
-def training_wandb_run(training: dict, data: Namespace | None, explicit: dict[str, str]) -> tuple[dict | None, list]:
+def training_wandb_run(training: dict) -> dict | None:
     """The W&B run of a training run, from its summary.json (id and project as started, name, labels and
-    entity as configured), or None where it had none (another logger, W&B disabled); and the `data`
-    settings given explicitly (`explicit`, short keys) whose value differs from the training's, which
-    make an evaluation's data other than the training's."""
+    entity as configured), or None where it had none (another logger, W&B disabled)."""
     recorded = training.get("wandb") or {}
     if not (recorded.get("id") and recorded.get("started") and recorded.get("mode") in ("online", "offline")):
-        return None, []
-    config = training.get("config") or {}
-    loggers = (config.get("trainer") or {}).get("logger")
+        return None
+    loggers = ((training.get("config") or {}).get("trainer") or {}).get("logger")
     loggers = loggers if isinstance(loggers, list) else [loggers]
     wandb_args = next(
         (
@@ -686,7 +710,13 @@ def training_wandb_run(training: dict, data: Namespace | None, explicit: dict[st
         {},
     )
     run = {key: wandb_args.get(key) for key in ("name", "group", "job_type", "tags", "entity")}
-    run |= {"id": recorded["id"], "project": recorded.get("project")}
+    return run | {"id": recorded["id"], "project": recorded.get("project")}
+
+
+def other_data(trained: dict, data: Namespace | None) -> list[str]:
+    """The data settings of an evaluation (`data`, parsed: from the command line, --config files or PL_*
+    variables alike) that differ from the training's (`trained`, as its record holds them), leaving out
+    those that do not change which images are evaluated (SAME_EVALUATION_DATA)."""
 
     def plain(value):  # a parsed value as the record holds it (YAML's types)
         value = value.as_dict() if isinstance(value, Namespace) else value
@@ -696,22 +726,23 @@ def training_wandb_run(training: dict, data: Namespace | None, explicit: dict[st
             return {k: plain(v) for k, v in value.items()}
         return str(value) if isinstance(value, Path) else value
 
-    trained, data = config.get("data") or {}, data or Namespace()
+    data = data or Namespace()
+    if str(data.get("class_path")) != str(trained.get("class_path")):
+        return ["data.class_path"]
+    now, before = plain(data.get("init_args") or Namespace()), trained.get("init_args") or {}
     changed = []
-    for key in explicit:
-        name = key.split(".", 1)[1] if key.startswith("data.") else None
-        if key in ("data", "data.class_path"):
-            differs = str(data.get("class_path")) != str(trained.get("class_path"))
-        elif name is None or name.split(".")[0] in SAME_EVALUATION_DATA:
+    for name in sorted(set(now) | set(before)):
+        if name in SAME_EVALUATION_DATA:
             continue
-        elif name == "data_dir":
-            now, before = data.get(f"init_args.{name}"), (trained.get("init_args") or {}).get(name)
-            differs = before is None or Path(str(now)).resolve() != Path(str(before)).resolve()
+        if name == "data_dir":
+            differs = (
+                before.get(name) is None or Path(str(now.get(name))).resolve() != Path(str(before[name])).resolve()
+            )
         else:
-            differs = plain(data.get(f"init_args.{name}")) != (trained.get("init_args") or {}).get(name)
+            differs = now.get(name) != before.get(name)
         if differs:
-            changed.append(f"--{key}")
-    return run, changed
+            changed.append(f"data.{name}")
+    return changed
 
 
 def keep_earlier_metrics(run_dir: Path) -> None:

@@ -44,17 +44,56 @@ def explicit_settings(args: list[str]) -> dict[str, str]:
 ENV_PREFIX = "PL"  # LightningCLI's: PL_FIT__TRAINER__MAX_EPOCHS=3 is --trainer.max_epochs=3 for fit
 
 
-def environment_settings(subcommand: str | None, environ=os.environ) -> dict[str, str]:
-    """The settings given as environment variables (LightningCLI's `default_env`): short key -> raw
-    text. They count as explicit, as the command line does: they win over --config files."""
+def environment_settings(subcommand: str | None, args: list[str], environ=os.environ) -> dict[str, str]:
+    """The settings given as environment variables (LightningCLI's `default_env`) that take effect:
+    short key -> raw text. jsonargparse reads them after the defaults and before the command line, so a
+    --config file or an argument that sets the same key wins; those are left out."""
     if subcommand is None:
         return {}
     prefix = f"{ENV_PREFIX}_{subcommand.upper()}__"
-    return {
+    given = {
         short(name[len(prefix) :].lower().replace("__", ".")): value
         for name, value in environ.items()
         if name.startswith(prefix) and name != f"{prefix}CONFIG"
     }
+    if not given:
+        return {}
+    shadowed = settings_in_files(config_files(args)) | set(explicit_settings(args))
+    return {
+        key: value
+        for key, value in given.items()
+        if not any(key == other or other.startswith(f"{key}.") or key.startswith(f"{other}.") for other in shadowed)
+    }
+
+
+def config_files(args: list[str]) -> list[str]:
+    """The --config files of a command line, in order."""
+    files = []
+    for i, token in enumerate(args):
+        if token == "--config" and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif token.startswith("--config="):
+            files.append(token.partition("=")[2])
+    return files
+
+
+def settings_in_files(files: list) -> set[str]:
+    """The settings (short keys of their leaves) that the --config files set."""
+    found: set[str] = set()
+
+    def walk(node, path: list[str]) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, [*path, str(key)])
+        elif path:
+            found.add(short(".".join(path)))
+
+    for file in files:
+        try:
+            walk(yaml.safe_load(Path(str(file)).read_text()) or {}, [])
+        except (OSError, yaml.YAMLError):
+            continue
+    return found
 
 
 def packaged_configs() -> Path:
@@ -102,7 +141,7 @@ def _from_files(files: list) -> dict:
     return merged
 
 
-def integer_limits(config: Namespace, explicit: dict[str, str]) -> list[str]:
+def integer_limits(config: Namespace, explicit: dict[str, str], environment: dict[str, str] | None = None) -> list[str]:
     """The batch limits written as integers (`limit_test_batches: 1` runs one batch, as in Lightning's
     Python API; `1.0` is all of them), given back their integer type in `config`; returned so that the
     instantiated trainer settings get it too (jsonargparse coerces them to float again there)."""
@@ -112,7 +151,8 @@ def integer_limits(config: Namespace, explicit: dict[str, str]) -> list[str]:
         value = config.trainer.get(name)
         if not isinstance(value, float) or not value.is_integer():
             continue
-        raw = explicit.get(f"trainer.{name}", files.get(name))
+        key = f"trainer.{name}"  # the command line wins over the --config files, which win over PL_* variables
+        raw = explicit[key] if key in explicit else files.get(name, (environment or {}).get(key))
         if (isinstance(raw, int) and not isinstance(raw, bool)) or (isinstance(raw, str) and INTEGER.fullmatch(raw)):
             config.trainer[name] = int(value)
             found.append(name)

@@ -18,10 +18,9 @@ Offline, that resume is a second `offline-run-*-<id>` directory (the evaluation'
 What wandb does with it (read in wandb 0.30.0 and 0.31.0, and wandb/wandb on GitHub):
 - wandb 0.31 records the resume in the offline file (`RunRecord.resume`, proto field 24, true for
   `resume="allow"`); the offline run itself starts afresh (`resumed` false, its history `_step` from 0
-  again). wandb 0.30 does not: `wandb.init` warns "`resume` will be ignored since W&B syncing is set to
-  `offline`" (wandb/sdk/wandb_init.py), and syncing that file replaces the run's history (wandb/wandb
-  issues #3841, #5865). So an offline evaluation logs into its training run only where the field exists
-  (`offline_resume_recorded`), and is a W&B run of its own otherwise.
+  again). wandb 0.30 did not: `wandb.init` warned "`resume` will be ignored since W&B syncing is set to
+  `offline`" (wandb/sdk/wandb_init.py), and syncing that file replaced the run's history (wandb/wandb
+  issues #3841, #5865); hence `wandb>=0.31` in pyproject.toml.
 - `wandb sync` (wandb-core, 0.30+) replays a file through the same sender as a live run, so the
   recorded resume makes it upsert into the existing run: the server's summary and config are the
   starting point (core/internal/runbranch/resume.go, `processResponse`) and history continues after the
@@ -82,14 +81,6 @@ def decide_offline(offline: bool | None) -> bool:
     return decide_mode(offline) != "online"
 
 
-def offline_resume_recorded() -> bool:
-    """Whether this wandb writes an offline run's resume into its file (`RunRecord.resume`, 0.31+), so
-    that `wandb sync` appends it to the run instead of replacing the run's history."""
-    from wandb.proto import wandb_internal_pb2
-
-    return "resume" in wandb_internal_pb2.RunRecord.DESCRIPTOR.fields_by_name
-
-
 def offline_dirs(run_id: str, roots: list[Path]) -> list[Path]:
     """The `offline-run-<time>-<id>[-<n>]` directories of one W&B run in the `wandb/` folders given,
     oldest first (the order `wandb sync` merges a resumed run in)."""
@@ -139,10 +130,11 @@ class WandbLogger(WandbInternals):
             best and last at the end of fit; "all", every checkpoint as it is written. Off by default:
             each is a copy of the checkpoint in W&B's staging folder, offline until synced.
         evaluation: set by the CLI, not by hand: the subcommand (validate, test, predict) of an
-            evaluation that logs into its training run's W&B run (`version` is that run's id). Its
-            keys get the prefix `<evaluation>/` unless they have it (`test/acc` stays,
-            `val/acc` of a validate becomes `validate/val/acc`); `epoch` and `trainer/global_step`
-            (the training's, 0 in an evaluation) are left out; the run's config and state stay the
+            evaluation that logs into its training run's W&B run (`version` is that run's id), as
+            `<checkpoint>/<subcommand>` for a checkpoint other than the run's best. Its keys get the
+            subcommand as prefix unless they have it (`test/acc` stays, `val/acc` of a validate becomes
+            `validate/val/acc`), and the checkpoint's name before it (`last/test/acc`); `epoch` and
+            `trainer/global_step` (the training's, 0 in an evaluation) are left out; the run's config and state stay the
             training's; its resolved config is saved as evaluations/<its folder>/cnnlab_config.yaml.
         (the rest as Lightning's WandbLogger; extra wandb.init arguments go in dict_kwargs.
         WANDB_ENTITY, WANDB_TAGS, WANDB_RUN_GROUP and WANDB_JOB_TYPE apply where the config names none;
@@ -234,8 +226,6 @@ class WandbLogger(WandbInternals):
                     "cnnlab: wandb has no credentials (WANDB_API_KEY or `wandb login`): logging offline; the "
                     "`wandb sync` command that uploads the run is printed at the end."
                 )
-            if mode == "offline" and self.evaluation and not offline_resume_recorded():
-                self._log_on_its_own()
             self.mode, self.offline = mode, {"online": False, "offline": True}.get(mode)
             self.init_kwargs["mode"] = mode
             settings = self.init_kwargs.get("settings") or {}
@@ -252,21 +242,6 @@ class WandbLogger(WandbInternals):
                 self._attach_pending(run)
         except BaseException as err:  # wandb raises its own assorted types: network, auth, usage
             self._start_error = err
-
-    def _log_on_its_own(self) -> None:
-        """An offline evaluation where this wandb cannot record a resume (before 0.31): syncing it into
-        the training's run would replace that run's history, so it is a W&B run of its own."""
-        rank_zero_info(
-            f"cnnlab: this wandb cannot resume a run offline, so this {self.evaluation} logs into a W&B run of its "
-            f"own (job type {self.evaluation}), not into the training's {self.init_kwargs.get('id')}."
-        )
-        self.init_kwargs.update(
-            id=secrets.token_hex(4),
-            job_type=self.evaluation,
-            name=f"{self.init_kwargs.get('name')}/{Path(self.save_dir).name}",
-        )
-        self.init_kwargs.pop("resume", None)
-        self.evaluation = None
 
     def wait(self):
         """The W&B run, once started; one paragraph if it could not start."""
@@ -288,9 +263,13 @@ class WandbLogger(WandbInternals):
             super().log_metrics(metrics, step)
             return
         # An evaluation's rows hold its own keys only: nothing of the training's summary is overwritten.
-        prefix = f"{self.evaluation}/"
+        # "test" or "<checkpoint>/test": `test/acc` stays (or becomes `last/test/acc`), `val/acc` of a
+        # validate becomes `validate/val/acc` (or `last/validate/val/acc`).
+        checkpoint, _, subcommand = self.evaluation.rpartition("/")
+        head = f"{checkpoint}/" if checkpoint else ""
         keys = {k: v for k, v in metrics.items() if k not in TRAINING_KEYS}
-        self.experiment.log({(k if k.startswith(prefix) else prefix + k): v for k, v in keys.items()})
+        named = {head + (k if k.startswith(f"{subcommand}/") else f"{subcommand}/{k}"): v for k, v in keys.items()}
+        self.experiment.log(named)
 
     def log_hyperparams(self, params) -> None:
         if self.evaluation:  # the run's config is its training's

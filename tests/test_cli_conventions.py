@@ -54,10 +54,20 @@ def test_environment_variables_set_what_the_command_line_sets(run_cli, tiny_args
     """LightningCLI's default_env: PL_FIT__TRAINER__LIMIT_TRAIN_BATCHES=3 is --trainer.limit_train_batches=3
     (an integer: three batches), and the record says where the setting came from."""
     monkeypatch.setenv("PL_FIT__TRAINER__LIMIT_TRAIN_BATCHES", "3")
+    # A --config file sets label smoothing (0.1): as jsonargparse ranks them, the file wins over the variable.
+    monkeypatch.setenv("PL_FIT__MODEL__INIT_ARGS__LABEL_SMOOTHING", "0.3")
     run_cli("fit", tiny_args)
     summary = summary_of(only_run(tmp_path))
     assert summary["global_step"] == 3
-    assert summary["environment_overrides"] == {"PL_FIT__TRAINER__LIMIT_TRAIN_BATCHES": "3"}
+    assert summary["config"]["model"]["init_args"]["label_smoothing"] == 0.1
+    assert (
+        summary["overrides"]["trainer.limit_train_batches"] == "3"
+        and "model.label_smoothing" not in summary["overrides"]
+    )
+    assert summary["environment_overrides"] == {
+        "PL_FIT__MODEL__INIT_ARGS__LABEL_SMOOTHING": "0.3",
+        "PL_FIT__TRAINER__LIMIT_TRAIN_BATCHES": "3",
+    }
 
 
 def test_the_debug_preset_runs_one_batch_of_each_split_without_a_logger(run_cli, mnist_root, tmp_path):

@@ -155,7 +155,7 @@ def test_an_evaluation_on_other_data_is_a_run_of_its_own(one_run):
     assert other.id != training_id and other.run.job_type == "test"
     assert other.config["training_run"] == training_id
     assert "test/acc" in other.summary
-    assert "--data.max_eval_samples" in one_run["said"] and "its W&B run is its own" in one_run["said"]
+    assert "data.max_eval_samples" in one_run["said"] and "gets a W&B run of its own" in one_run["said"]
 
 
 def test_wandbs_own_settings_reach_the_run(one_run):
@@ -182,15 +182,30 @@ def test_log_model_makes_model_artifacts_of_the_checkpoints(one_run):
     assert any("best" in a.aliases for a in artifacts)
 
 
-def test_where_wandb_cannot_resume_offline_a_test_is_a_run_of_its_own(one_run, tmp_path, monkeypatch):
-    """wandb before 0.31 ignores a resume offline, and syncing the file would replace the run's history."""
-    monkeypatch.setattr("cnnlab.wandb_logger.offline_resume_recorded", lambda: False)
+def test_a_test_of_another_checkpoint_logs_under_its_name_and_never_over_the_runs_test(one_run, tmp_path):
+    """The run's `test/*` is its best checkpoint's test; a test of last.ckpt goes under `last/test/*`."""
     with wandb_environment(tmp_path, **{**one_run["variables"], "WANDB_DIR": str(tmp_path)}):
-        logger = run_train("test", [*one_run["args"], "--ckpt_path=best"]).trainer.logger
+        run_train("test", [*one_run["args"], "--ckpt_path=last"])
     (test,) = offline_runs(tmp_path)
-    training_id = one_run["summary"]["wandb"]["id"]
-    assert (test.id != training_id, test.run.job_type, test.config["training_run"]) == (True, "test", training_id)
-    assert "test/acc" in test.summary and logger.version == test.id
+    assert test.id == one_run["summary"]["wandb"]["id"]
+    assert "last/test/acc" in test.summary and not any(k.startswith("test/") for k in test.metrics())
+
+
+def test_a_test_of_an_unfinished_run_is_a_wandb_run_of_its_own(one_run, tmp_path, capsys):
+    """A run still training (or failed) keeps its W&B run to itself: a test there would log into a live
+    fit, or mark a failed run finished."""
+    from cnnlab.records import update_summary
+
+    run = one_run["run"]
+    update_summary(run, lambda summary: summary.update(status="interrupted"))
+    try:
+        with wandb_environment(tmp_path, **{**one_run["variables"], "WANDB_DIR": str(tmp_path)}):
+            run_train("test", [*one_run["args"], f"--ckpt_path={run / 'checkpoints' / 'best.ckpt'}"])
+    finally:
+        update_summary(run, lambda summary: summary.update(status="finished"))
+    (test,) = offline_runs(tmp_path)
+    assert test.id != one_run["summary"]["wandb"]["id"] and test.run.job_type == "test"
+    assert "the run is interrupted, not finished" in " ".join(capsys.readouterr().err.split())
 
 
 # -- WANDB_MODE=disabled --------------------------------------------------------------------------------
