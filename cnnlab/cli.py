@@ -710,7 +710,11 @@ def training_wandb_run(training: dict) -> dict | None:
         {},
     )
     run = {key: wandb_args.get(key) for key in ("name", "group", "job_type", "tags", "entity")}
-    return run | {"id": recorded["id"], "project": recorded.get("project")}
+    return run | {
+        "id": recorded["id"],
+        "project": recorded.get("project"),
+        "entity": recorded.get("entity") or run["entity"],
+    }
 
 
 def other_data(trained: dict, data: Namespace | None) -> list[str]:

@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 from cnnlab.records import SUMMARY
+from cnnlab.shell_paths import shown_path
 
 MAX_METRICS = 6  # an evaluation's block names its primary metrics, not every per-class value
 
@@ -15,14 +16,7 @@ def _number(value) -> str:
 
 
 def _shown(path: str | Path | None, base: Path) -> str:
-    """A path relative to the working directory where it lies under it (what the user typed), else whole."""
-    if path is None:
-        return "-"
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(base))
-    except ValueError:
-        return str(path)
+    return "-" if path is None else shown_path(path, base)
 
 
 def _metrics_line(metrics: dict, stage: str) -> str:

@@ -330,6 +330,7 @@ class RunRecord(Callback):
                 return {
                     "id": logger.version,
                     "project": logger.name,
+                    "entity": getattr(logger, "entity", None),
                     "dir": logger.save_dir,
                     # online, offline or disabled (cnnlab's logger says); None: not known
                     "mode": getattr(logger, "mode", None) or known,

@@ -33,9 +33,7 @@ Not checked here: an upload against a server (none is reachable from the tests).
 """
 
 import os
-import re
 import secrets
-import shlex
 import threading
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from cnnlab.errors import CnnlabError
 from cnnlab.lightning_internals import WandbInternals
 from cnnlab.run_dir import EVALUATIONS
+from cnnlab.shell_paths import offline_dirs, shell_path
 
 CONFIG_FILE = "cnnlab_config.yaml"  # W&B reserves config.yaml for its own run config
 DEFAULT_PROJECT = "cnnlab"  # where WANDB_PROJECT and the config name none
@@ -79,27 +78,6 @@ def decide_mode(offline: bool | None) -> str:
 def decide_offline(offline: bool | None) -> bool:
     """Whether the run will not reach a server (offline or disabled), decided as `decide_mode` does."""
     return decide_mode(offline) != "online"
-
-
-def offline_dirs(run_id: str, roots: list[Path]) -> list[Path]:
-    """The `offline-run-<time>-<id>[-<n>]` directories of one W&B run in the `wandb/` folders given,
-    oldest first (the order `wandb sync` merges a resumed run in)."""
-    name = re.compile(rf"offline-run-(\d{{8}}_\d{{6}})-{re.escape(run_id)}(?:-(\d+))?")
-    found = {}
-    for root in roots:
-        for path in Path(root).glob("offline-run-*"):
-            match = name.fullmatch(path.name)
-            if match and path.is_dir():
-                found[path.resolve()] = (match[1], int(match[2] or 0))
-    return sorted(found, key=found.get)
-
-
-def shell_path(path: Path) -> str:
-    """A path for a command to copy: relative to the working directory where it lies under it, quoted."""
-    path = Path(path).resolve()
-    if path.is_relative_to(Path.cwd()):
-        path = path.relative_to(Path.cwd())
-    return shlex.quote(str(path))
 
 
 class _StartingRun:
@@ -192,6 +170,13 @@ class WandbLogger(WandbInternals):
         self._starter: threading.Thread | None = None
         self._start_error: BaseException | None = None
         self._sync_dir: Path | None = None
+
+    @property
+    def entity(self) -> str | None:
+        """The run's entity (WANDB_ENTITY, the config's, or the account's default once the run exists),
+        recorded so that an evaluation resumes the run where it is."""
+        run = self.current_run if self.mode in ("online", "offline") else None
+        return getattr(run, "entity", None) or self.init_kwargs.get("entity") or os.environ.get("WANDB_ENTITY")
 
     @property
     def started(self) -> bool:

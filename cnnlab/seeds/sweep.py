@@ -19,6 +19,7 @@ from cnnlab.command_line import locate_config, short
 from cnnlab.environment import FIGURES_ENV, WANDB_GROUP_ENV, WANDB_JOB_TYPE_ENV, WANDB_TAGS_ENV
 from cnnlab.errors import CnnlabError
 from cnnlab.run_dir import EVALUATIONS, RUNS_ROOT
+from cnnlab.shell_paths import offline_dirs, shell_path
 
 RESERVED = {
     "--seed_everything": "the model seed is the launcher's: give the seeds with --seeds",
@@ -113,19 +114,13 @@ class Sweep:
         fits = sorted(self.dir.glob("*/wandb/offline-run-*"))
         evaluations = sorted(self.dir.glob(f"*/{EVALUATIONS}/*/wandb/offline-run-*"))
         if os.environ.get("WANDB_DIR"):
-            wandb_dir = Path(os.environ["WANDB_DIR"]) / "wandb"
-            named = re.compile(r"offline-run-\d{8}_\d{6}-(.+?)(-\d+)?")
-            ids = set(run_ids)
-            found = [p for p in wandb_dir.glob("offline-run-*") if (m := named.fullmatch(p.name)) and m[1] in ids]
-            found = sorted({*fits, *evaluations, *found}, key=lambda p: p.name)
+            found = offline_dirs(set(run_ids), [Path(os.environ["WANDB_DIR"]) / "wandb"])
+            found = sorted({*(p.resolve() for p in (*fits, *evaluations)), *found}, key=lambda p: p.name)
             return "wandb sync " + " ".join(shlex.quote(str(p)) for p in found) if found else None
-        folder = self.dir
-        if folder.is_relative_to(Path.cwd()):
-            folder = folder.relative_to(Path.cwd())
         globs = [g for g, found in (("*/wandb", fits), (f"*/{EVALUATIONS}/*/wandb", evaluations)) if found]
         if not globs:
             return None
-        return "wandb sync " + " ".join(f"{shlex.quote(str(folder))}/{g}/offline-run-*" for g in globs)
+        return "wandb sync " + " ".join(f"{shell_path(self.dir)}/{g}/offline-run-*" for g in globs)
 
 
 def wandb_labels(group: str, configs: list[str], job_type: str, tags: list[str]) -> dict[str, str]:
