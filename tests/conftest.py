@@ -162,6 +162,21 @@ def tiny_cli_args(config: str, data_root, runs_dir, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def tiny_seed_overrides(mnist_root) -> list[str]:
+    """Overrides that make a seed take a second or two: 2 training steps, 50 validation and test digits."""
+    return [
+        f"--data.data_dir={mnist_root}",
+        "--data.val_size=100",
+        "--data.batch_size=50",
+        "--data.max_train_samples=100",
+        "--data.max_eval_samples=50",
+        "--trainer.max_epochs=1",
+        "--trainer.enable_model_summary=false",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+    ]
+
+
 @pytest.fixture
 def tiny_args(mnist_root, tmp_path) -> list[str]:
     """A shrunk mnist_classifier.yaml: tiny data, one epoch, CSV logger, runs under tmp_path."""

@@ -130,18 +130,16 @@ def test_filter_figures_are_named_after_the_epoch_their_titles_name(run_cli, tin
         assert said and int(said[0]) == int(name[5:8]), (name, title[:80])
 
 
-def test_a_loss_histogram_setting_that_cannot_act_is_named_once_before_training(mnist_root, tmp_path):
-    """A percentile places the anomaly threshold; without normal classes there is none to place. The
-    warning comes at setup, before any progress bar, and once, not at every validation."""
+def fit_two_epochs(model, callback, mnist_root, tmp_path, heard) -> list[str]:
+    """A plain Trainer fitting `model` for two epochs with `callback`; what `heard()` returns when the
+    sanity check starts (where the first progress bar would)."""
     from lightning.pytorch import Callback, Trainer
-    from tiny_autoencoder import TinyAutoEncoder
 
-    from callbacks import LossHistogram
     from datamodules import MNISTDataModule
 
     class WhenTrainingStarts(Callback):
         def on_sanity_check_start(self, trainer, pl_module) -> None:
-            self.said = [str(w.message) for w in caught]
+            self.said = heard()
 
     dm = MNISTDataModule(data_dir=str(mnist_root), val_size=100, batch_size=50, max_train_samples=100)
     seen = WhenTrainingStarts()
@@ -149,47 +147,46 @@ def test_a_loss_histogram_setting_that_cannot_act_is_named_once_before_training(
         max_epochs=2,
         logger=False,
         default_root_dir=tmp_path,
-        callbacks=[LossHistogram(percentile=90), seen],
+        callbacks=[callback, seen],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
     )
+    trainer.fit(model, dm)
+    return seen.said
+
+
+def test_a_loss_histogram_setting_that_cannot_act_is_named_once_before_training(mnist_root, tmp_path):
+    """A percentile places the anomaly threshold; without normal classes there is none to place. The
+    warning comes at setup, before any progress bar, and once, not at every validation."""
+    from tiny_autoencoder import TinyAutoEncoder
+
+    from callbacks import LossHistogram
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(TinyAutoEncoder(), dm)
+        heard = lambda: [str(w.message) for w in caught]  # noqa: E731
+        said = fit_two_epochs(TinyAutoEncoder(), LossHistogram(percentile=90), mnist_root, tmp_path, heard)
     about = [str(w.message) for w in caught if "LossHistogram" in str(w.message)]
     assert len(about) == 1 and "percentile is 90" in about[0] and "normal_classes" in about[0], about
-    assert about[0] in seen.said  # said before the sanity check, where the first progress bar would start
+    assert about[0] in said  # said before the sanity check, where the first progress bar would start
 
 
 def test_filters_on_a_model_without_a_convolution_say_so_before_training(mnist_root, tmp_path, caplog):
     """The MLP names no convolution: FilterAndFeatureMaps draws the Sobel and random-kernel figures only,
     and says so once at setup rather than at the end of the first epoch, inside the progress bar."""
-    from lightning.pytorch import Callback, Trainer
-
     from callbacks import FilterAndFeatureMaps
-    from datamodules import MNISTDataModule
     from lightning_modules import ImageClassifier
 
-    class WhenTrainingStarts(Callback):
-        def on_sanity_check_start(self, trainer, pl_module) -> None:
-            self.said = [r.getMessage() for r in caplog.records]
-
-    dm = MNISTDataModule(data_dir=str(mnist_root), val_size=100, batch_size=50, max_train_samples=100)
-    seen = WhenTrainingStarts()
-    trainer = Trainer(
-        max_epochs=2,
-        logger=False,
-        default_root_dir=tmp_path,
-        callbacks=[FilterAndFeatureMaps(num_images=2), seen],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
     with caplog.at_level("INFO"):
-        trainer.fit(ImageClassifier(backbone="mlp"), dm)
+        said = fit_two_epochs(
+            ImageClassifier(backbone="mlp"),
+            FilterAndFeatureMaps(num_images=2),
+            mnist_root,
+            tmp_path,
+            lambda: [r.getMessage() for r in caplog.records],
+        )
     about = [r.getMessage() for r in caplog.records if "names no convolution" in r.getMessage()]
-    assert len(about) == 1 and about[0] in seen.said, about
+    assert len(about) == 1 and about[0] in said, about
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["filters_random_kernels", "filters_sobel"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, summary_of
+from conftest import ROOT, summary_of, tiny_seed_overrides
 from scipy import stats as sps
 from seed_faults import THREADS_PROBE_ENV
 
@@ -32,18 +32,7 @@ CONFIGS = ["--config", CLASSIFIER, "--config", CSV]
 
 
 def tiny(mnist_root: Path) -> list[str]:
-    """Overrides that make a seed take a second or two: 2 training steps, 50 validation and test digits."""
-    return [
-        f"--data.data_dir={mnist_root}",
-        "--data.val_size=100",
-        "--data.batch_size=50",
-        "--data.max_train_samples=100",
-        "--data.max_eval_samples=50",
-        "--trainer.max_epochs=1",
-        "--trainer.enable_model_summary=false",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-    ]
+    return tiny_seed_overrides(mnist_root)
 
 
 def records(sweep_dir: Path) -> dict[int, SeedRecord]:

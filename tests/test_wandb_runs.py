@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, summary_of
+from conftest import ROOT, summary_of, tiny_seed_overrides
 from wandb_records import offline_runs
 
 from cnnlab.environment import WANDB_GROUP_ENV, WANDB_JOB_TYPE_ENV, WANDB_TAGS_ENV
@@ -38,16 +38,8 @@ WANDB_VARIABLES = (
 def tiny(mnist_root: Path, runs: Path) -> list[str]:
     """A seed in a second or two, logged to W&B (the default logger): 2 training steps, 50 test digits."""
     return [
-        f"--data.data_dir={mnist_root}",
-        "--data.val_size=100",
-        "--data.batch_size=50",
-        "--data.max_train_samples=100",
-        "--data.max_eval_samples=50",
-        "--trainer.max_epochs=1",
-        "--trainer.enable_model_summary=false",
+        *tiny_seed_overrides(mnist_root),
         "--trainer.enable_progress_bar=false",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
         f"--trainer.default_root_dir={runs}",
     ]
 
