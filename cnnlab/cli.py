@@ -61,6 +61,7 @@ from cnnlab.run_dir import (
     release,
 )
 from cnnlab.seeds.sweep import wandb_labels_from_env
+from cnnlab.shell_paths import train_command
 from cnnlab.wandb_logger import WandbLogger
 from lightning_modules.optimization import unbounded_plan
 
@@ -216,7 +217,13 @@ class CnnlabCLI(CnnlabInternals):
             )
         # PL_* variables that took effect count as given explicitly (the command line's, for a checkpoint's
         # arguments); those a --config file or an argument overrode are left out, as jsonargparse ranks them.
-        self.from_environment = environment_settings(subcommand, self.argv)
+        self.environment, ignored = environment_settings(subcommand, self.argv, config)
+        if ignored:
+            say(
+                f"ignored: {', '.join(ignored)} (not a setting of {subcommand}, or one a --config file or an argument "
+                f"sets). `python train.py {subcommand} --help` names the variables it reads."
+            )
+        self.from_environment = dict(self.environment.values())
         self.explicit = {**self.from_environment, **explicit_settings(self.argv)}
         self.integer_limits = integer_limits(config, explicit_settings(self.argv), self.from_environment)
         self.experiment = config.get("experiment") or self._experiment_name(config)
@@ -366,6 +373,11 @@ class CnnlabCLI(CnnlabInternals):
                     f"this {subcommand} gets a W&B run of its own (job type {subcommand}), not {self.run_dir.name}'s: "
                     f"{'; '.join(apart)}."
                 )
+            else:
+                say(
+                    f"this {subcommand} gets a W&B run of its own (job type {subcommand}): {self.run_dir.name} logged "
+                    "no W&B run (W&B disabled, or another logger) for it to log into."
+                )
         label = run.name if self.output_dir == run else f"{run.name}/{self.output_dir.name}"
         labels = wandb_labels_from_env()  # a seed of cnnlab-seeds: the sweep's group, job type and tags
         args.name = args.get("name") or f"{self.experiment}/{label}"
@@ -440,11 +452,11 @@ class CnnlabCLI(CnnlabInternals):
 
     def _record_details(self) -> dict:
         details = {
-            "command": shlex.join(["python", "train.py", *self.argv]),
+            "command": shlex.join([*train_command(), *self.argv]),
             "overrides": self.explicit,  # the settings given on the command line or as PL_* variables
         }
-        if self.from_environment:
-            details["environment_overrides"] = self._environment_overrides()
+        if self.environment:  # the PL_* variables that took effect
+            details["environment_overrides"] = {name: value for name, (_, value) in self.environment.items()}
         changes = self.agreement.record()
         if self.subcommand == "fit" and self.checkpoint is not None:
             details["resume"] = {"at_step": self.checkpoint.global_step, "command": details["command"], **changes}
@@ -517,13 +529,13 @@ class CnnlabCLI(CnnlabInternals):
 
     def _config_header(self) -> str:
         """How the run was made and how to make it again, as YAML comments above the config."""
-        made = shlex.join(["python", "train.py", *self.argv])
+        made = shlex.join([*train_command(), *self.argv])
         env = " ".join(f"{name}={shlex.quote(value)}" for name, value in self._environment_overrides().items())
         return (
             f"# The resolved config of {self.output_dir}, written by cnnlab.\n"
             f"# Made by: {env + ' ' if env else ''}{made}\n"
-            f"# Run it again (a new run, same settings and seed): python train.py {self.subcommand or 'fit'} "
-            f"--config {shlex.quote(str(self.output_dir / 'config.yaml'))}\n"
+            f"# Run it again (a new run, same settings and seed): {shlex.join(train_command())} "
+            f"{self.subcommand or 'fit'} --config {shlex.quote(str(self.output_dir / 'config.yaml'))}\n"
         )
 
     def _environment_overrides(self) -> dict[str, str]:
@@ -664,6 +676,8 @@ def rerunnable(dumped: dict, placements: dict, experiment: str) -> dict:
         if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict) and user_args is not None:
             logger["init_args"] = {**logger["init_args"], **user_args}
     dumped["experiment"] = experiment
+    if dumped.get("ckpt_path"):  # an evaluation's: found again from any working directory
+        dumped["ckpt_path"] = str(Path(dumped["ckpt_path"]).resolve())
     return dumped
 
 
@@ -802,6 +816,11 @@ def main(args=None) -> None:
         if os.environ.get(DEBUG_ENV):
             raise
         paragraph = find_cnnlab_error(err)
+        if paragraph is None and isinstance(err, RuntimeError) and str(err).startswith("Early stopping conditioned"):
+            paragraph = CnnlabError(
+                f"{err} Early stopping watches checkpoint.monitor: set it to a metric the model logs (the one the "
+                "best checkpoint is chosen by), or leave configs/trainer/early_stopping.yaml out."
+            )
         if paragraph is None and isinstance(err, MisconfigurationException):
             paragraph = CnnlabError(f"Lightning refused the configuration: {err} Fix that setting and run again.")
         if paragraph is None:

@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 
 from cnnlab.records import SUMMARY
-from cnnlab.shell_paths import shown_path
+from cnnlab.shell_paths import shown_path, train_command
 
 MAX_METRICS = 6  # an evaluation's block names its primary metrics, not every per-class value
 
@@ -67,15 +67,17 @@ def closing_block(
     lines.append(f"  record    {_shown(output_dir / SUMMARY, base)}")
     if wandb_line:
         lines.append(f"  W&B       {wandb_line}")
-    next_command = None
-    if subcommand == "fit" and status == "finished":
+    next_command, train = None, shlex.join(train_command(base))
+    if summary.get("smoke"):
+        lines[0] += " (a smoke test: fast_dev_run; --ckpt_path best/last never pick it)"
+    elif subcommand == "fit" and status == "finished":
         best = summary.get("best_checkpoint") or summary.get("last_checkpoint")
         if best:
-            next_command = f"python train.py test --config {config} --ckpt_path {shlex.quote(_shown(best, base))}"
+            next_command = f"{train} test --config {config} --ckpt_path {shlex.quote(_shown(best, base))}"
     elif subcommand == "fit" and status in ("interrupted", "failed"):
         last = (summary.get("checkpoints") or {}).get("last", {}).get("path") or summary.get("last_checkpoint")
         if last and Path(last).is_file():
-            next_command = f"python train.py fit --config {config} --ckpt_path {shlex.quote(_shown(last, base))}"
+            next_command = f"{train} fit --config {config} --ckpt_path {shlex.quote(_shown(last, base))}"
     if next_command:
         lines.append(f"  next      {next_command}")
     if sync_command:

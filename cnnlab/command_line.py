@@ -44,26 +44,54 @@ def explicit_settings(args: list[str]) -> dict[str, str]:
 ENV_PREFIX = "PL"  # LightningCLI's: PL_FIT__TRAINER__MAX_EPOCHS=3 is --trainer.max_epochs=3 for fit
 
 
-def environment_settings(subcommand: str | None, args: list[str], environ=os.environ) -> dict[str, str]:
-    """The settings given as environment variables (LightningCLI's `default_env`) that take effect:
-    short key -> raw text. jsonargparse reads them after the defaults and before the command line, so a
-    --config file or an argument that sets the same key wins; those are left out."""
+def environment_variables(subcommand: str | None, environ=os.environ) -> dict[str, tuple[str, str]]:
+    """The PL_<SUBCOMMAND>__* variables set (LightningCLI's `default_env`): name -> (short key, raw text)."""
     if subcommand is None:
         return {}
     prefix = f"{ENV_PREFIX}_{subcommand.upper()}__"
-    given = {
-        short(name[len(prefix) :].lower().replace("__", ".")): value
-        for name, value in environ.items()
+    return {
+        name: (short(name[len(prefix) :].lower().replace("__", ".")), value)
+        for name, value in sorted(environ.items())
         if name.startswith(prefix) and name != f"{prefix}CONFIG"
     }
+
+
+def environment_settings(subcommand: str | None, args: list[str], config: Namespace | None = None, environ=os.environ):
+    """The PL_<SUBCOMMAND>__* variables that took effect (name -> (short key, raw text)), and the names of
+    those that did not. jsonargparse reads them after the defaults and before the command line, so a
+    --config file or an argument that sets the same key wins; and it reads only the names `--help` lists
+    (a model's or DataModule's own settings are not among them: PL_FIT__MODEL takes the whole model).
+    With the parsed `config`, a variable counts only where the setting holds its value."""
+    given = environment_variables(subcommand, environ)
     if not given:
-        return {}
+        return {}, []
     shadowed = settings_in_files(config_files(args)) | set(explicit_settings(args))
-    return {
-        key: value
-        for key, value in given.items()
-        if not any(key == other or other.startswith(f"{key}.") or key.startswith(f"{other}.") for other in shadowed)
-    }
+    effective, ignored = {}, []
+    for name, (key, value) in given.items():
+        overridden = any(key == o or o.startswith(f"{key}.") or key.startswith(f"{o}.") for o in shadowed)
+        if overridden or (config is not None and not _holds(config, key, value)):
+            ignored.append(name)
+        else:
+            effective[name] = (key, value)
+    return effective, ignored
+
+
+def _holds(config: Namespace, key: str, raw: str) -> bool:
+    """Whether the parsed setting `key` (short) holds the value `raw` of its environment variable."""
+    if key.split(".")[0] in ("model", "data") and "." not in key:
+        return True  # the whole model or DataModule: not compared
+    parts = key.split(".")
+    for full in (key, ".".join([parts[0], "init_args", *parts[1:]])):
+        if full in config:
+            value = config.get(full)
+            break
+    else:
+        return False  # not a setting of this command: jsonargparse read nothing from it
+    try:
+        parsed = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        parsed = raw
+    return value == parsed or str(value) == raw
 
 
 def config_files(args: list[str]) -> list[str]:
@@ -181,7 +209,7 @@ def _accepted(message: str) -> str | None:
     return "a value of type " + " or ".join(dict.fromkeys(types)) if types else None
 
 
-def parse_error_paragraph(message: str, argv: list[str]) -> str:
+def parse_error_paragraph(message: str, argv: list[str], environ=os.environ) -> str:
     """jsonargparse's refusal of a setting (a nested report of 10-80 lines with every Union member it
     tried) as one paragraph: the key as the user spells it, what it got, what it accepts, and where to
     look. Anything this does not recognise keeps jsonargparse's first line."""
@@ -211,6 +239,10 @@ def parse_error_paragraph(message: str, argv: list[str]) -> str:
             f"{help_line}."
         )
     accepted = _accepted(message)
+    variable = next((n for n, (k, _) in environment_variables(subcommand, environ).items() if k == key), None)
+    if key and accepted and variable:  # jsonargparse reads the variables first: theirs is the value refused
+        value = environ[variable]
+        return f"{key} got {value!r} from the environment variable {variable}, but it takes {accepted}. {help_line}."
     if key and accepted:
         value = explicit_settings(argv).get(key)  # as typed; from a --config file, as jsonargparse read it
         if value is None:

@@ -331,6 +331,7 @@ class RunRecord(Callback):
                     "id": logger.version,
                     "project": logger.name,
                     "entity": getattr(logger, "entity", None),
+                    "offline_dir": str(getattr(logger, "offline_dir", None) or "") or None,
                     "dir": logger.save_dir,
                     # online, offline or disabled (cnnlab's logger says); None: not known
                     "mode": getattr(logger, "mode", None) or known,

@@ -18,6 +18,13 @@ def shell_path(path: str | Path, cwd: Path | None = None) -> str:
     return shlex.quote(shown_path(path, cwd))
 
 
+def train_command(cwd: Path | None = None) -> list[str]:
+    """How to run train.py from the working directory: `python train.py` in the checkout, else the
+    installed module (`python -m train`: py-modules in pyproject.toml), which works from anywhere."""
+    here = Path(cwd or Path.cwd(), "train.py")
+    return ["python", "train.py"] if here.is_file() else ["python", "-m", "train"]
+
+
 OFFLINE_RUN = re.compile(r"offline-run-(\d{8}_\d{6})-(.+?)(?:-(\d+))?")  # wandb's offline folder: time, run id, n
 
 

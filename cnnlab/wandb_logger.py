@@ -41,6 +41,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from cnnlab.errors import CnnlabError
 from cnnlab.lightning_internals import WandbInternals
+from cnnlab.records import read_summary
 from cnnlab.run_dir import EVALUATIONS
 from cnnlab.shell_paths import offline_dirs, shell_path
 
@@ -177,6 +178,11 @@ class WandbLogger(WandbInternals):
         recorded so that an evaluation resumes the run where it is."""
         run = self.current_run if self.mode in ("online", "offline") else None
         return getattr(run, "entity", None) or self.init_kwargs.get("entity") or os.environ.get("WANDB_ENTITY")
+
+    @property
+    def offline_dir(self) -> Path | None:
+        """The run's offline folder (under WANDB_DIR where set), once it has started offline."""
+        return self._sync_dir if self.mode == "offline" else None
 
     @property
     def started(self) -> bool:
@@ -324,6 +330,9 @@ class WandbLogger(WandbInternals):
         roots = [self._sync_dir.parent, run_dir / "wandb", *run_dir.glob(f"{EVALUATIONS}/*/wandb")]
         if os.environ.get("WANDB_DIR"):
             roots.append(Path(os.environ["WANDB_DIR"]) / "wandb")
+        recorded = (read_summary(run_dir).get("wandb") or {}).get("offline_dir")
+        if recorded:  # the fit's folder, wherever WANDB_DIR put it then
+            roots.append(Path(recorded).parent)
         dirs = offline_dirs(self.version, roots) or [self._sync_dir]
         return "wandb sync " + " ".join(shell_path(d) for d in dirs)
 

@@ -50,24 +50,31 @@ def test_the_command_line_and_overrides_are_recorded(run_cli, tiny_args, tmp_pat
     assert summary["overrides"]["trainer.limit_train_batches"] == "1"
 
 
-def test_environment_variables_set_what_the_command_line_sets(run_cli, tiny_args, tmp_path, monkeypatch):
+def test_environment_variables_set_what_the_command_line_sets(run_cli, tiny_args, tmp_path, monkeypatch, capsys):
     """LightningCLI's default_env: PL_FIT__TRAINER__LIMIT_TRAIN_BATCHES=3 is --trainer.limit_train_batches=3
-    (an integer: three batches), and the record says where the setting came from."""
+    (an integer: three batches). A variable an argument overrides (max_epochs, given as 1) and one that
+    is no setting (a typo) are said to be ignored, and only the one that took effect is recorded."""
     monkeypatch.setenv("PL_FIT__TRAINER__LIMIT_TRAIN_BATCHES", "3")
-    # A --config file sets label smoothing (0.1): as jsonargparse ranks them, the file wins over the variable.
-    monkeypatch.setenv("PL_FIT__MODEL__INIT_ARGS__LABEL_SMOOTHING", "0.3")
+    monkeypatch.setenv("PL_FIT__TRAINER__MAX_EPOCHS", "5")
+    monkeypatch.setenv("PL_FIT__TRAINER__MAX_EPOCH", "7")
     run_cli("fit", tiny_args)
     summary = summary_of(only_run(tmp_path))
-    assert summary["global_step"] == 3
-    assert summary["config"]["model"]["init_args"]["label_smoothing"] == 0.1
+    assert summary["global_step"] == 3 and summary["epochs"] == 1
     assert (
-        summary["overrides"]["trainer.limit_train_batches"] == "3"
-        and "model.label_smoothing" not in summary["overrides"]
+        summary["overrides"]["trainer.limit_train_batches"] == "3" and summary["overrides"]["trainer.max_epochs"] == "1"
     )
-    assert summary["environment_overrides"] == {
-        "PL_FIT__MODEL__INIT_ARGS__LABEL_SMOOTHING": "0.3",
-        "PL_FIT__TRAINER__LIMIT_TRAIN_BATCHES": "3",
-    }
+    assert summary["environment_overrides"] == {"PL_FIT__TRAINER__LIMIT_TRAIN_BATCHES": "3"}
+    said = " ".join(capsys.readouterr().err.split())
+    assert "ignored: PL_FIT__TRAINER__MAX_EPOCH, PL_FIT__TRAINER__MAX_EPOCHS" in said
+
+
+def test_a_bad_environment_variable_is_named_in_one_paragraph(run_cli, tiny_args, monkeypatch, capsys):
+    monkeypatch.setenv("PL_FIT__TRAINER__MAX_EPOCHS", "abc")
+    with pytest.raises(SystemExit) as info:
+        run_cli("fit", tiny_args)
+    assert info.value.code == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "trainer.max_epochs got 'abc' from the environment variable PL_FIT__TRAINER__MAX_EPOCHS" in said
 
 
 def test_the_debug_preset_runs_one_batch_of_each_split_without_a_logger(run_cli, mnist_root, tmp_path):
@@ -144,8 +151,8 @@ def test_fit_ends_with_a_block_whose_next_command_runs(run_cli, tiny_args, tmp_p
     assert "runs/mnist_classifier/" in block and "summary.json" in block
     (next_line,) = [line for line in block.splitlines() if line.startswith("cnnlab:   next")]
     command = shlex.split(next_line.split("next", 1)[1])
-    assert command[:3] == ["python", "train.py", "test"]
-    run_cli("test", command[3:])
+    assert command[:4] == ["python", "-m", "train", "test"]  # no train.py here: the installed module runs it
+    run_cli("test", command[4:])
     (evaluation,) = (run / "evaluations").iterdir()
     assert read_summary(evaluation)["status"] == "finished"
     tested = Path(read_summary(evaluation)["checkpoint"]["path"]).resolve()
@@ -180,3 +187,14 @@ def test_a_smoke_test_never_resumes_an_unfinished_run_in_place(run_cli, tiny_arg
     assert info.value.code == 2
     assert "a smoke test would resume the unfinished run" in " ".join(capsys.readouterr().err.split())
     assert (last.read_bytes(), (run / "summary.json").read_text()) == before
+
+
+def test_early_stopping_on_a_metric_never_logged_is_one_paragraph(run_cli, tiny_args, capsys):
+    preset = str(ROOT / "configs" / "trainer" / "early_stopping.yaml")
+    with pytest.raises(SystemExit) as info:
+        run_cli(
+            "fit", [*tiny_args, "--config", preset, "--checkpoint.monitor=val/nope", "--trainer.limit_train_batches=1"]
+        )
+    assert info.value.code == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "val/nope" in said and "Early stopping watches checkpoint.monitor" in said and "Traceback" not in said

@@ -292,3 +292,27 @@ def test_a_sweep_prints_one_sync_command_for_all_its_folders(sweep3):
     listed = {line.split("wandb:", 1)[1].strip() for line in done.stderr.splitlines() if ".wandb" in line}
     assert f"Would sync {len(files)} run(s)" in done.stderr, done.stderr
     assert {str((sweep3["root"] / p).resolve()) for p in listed} == files
+
+
+def test_a_sweeps_sync_line_leaves_out_abandoned_attempts(tmp_path, monkeypatch):
+    """A seed interrupted and run again leaves the first attempt's offline folder (another W&B id): the
+    sweep's line names the registry's runs only, and keeps its two short globs where those are all."""
+    from cnnlab.seeds.sweep import Sweep
+
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    sweep = Sweep(name="s", configs=[CLASSIFIER], seeds=[0, 1], root=tmp_path)
+    folders = {
+        "aaa": sweep.dir / "seed0/wandb/offline-run-20261202_120000-aaa",
+        "aaa-test": sweep.dir / "seed0/evaluations/t/wandb/offline-run-20261202_120100-aaa",
+        "bbb": sweep.dir / "seed1-abandoned/wandb/offline-run-20261202_120000-bbb",
+        "ccc": sweep.dir / "seed1/wandb/offline-run-20261202_120200-ccc",
+    }
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    listed = shlex.split(sweep.wandb_sync_command(["aaa", "ccc"]))[2:]
+    assert [Path(p).resolve() for p in listed] == [folders[k].resolve() for k in ("aaa", "aaa-test", "ccc")]
+    assert (
+        sweep.wandb_sync_command(["aaa", "bbb", "ccc"])
+        == "wandb sync s/*/wandb/offline-run-* s/*/evaluations/*/wandb/offline-run-*"
+    )

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,21 +105,24 @@ class Sweep:
         return {**wandb_labels(self.name, self.configs, self.job_type, self.tags), FIGURES_ENV: "1" if draws else "0"}
 
     def wandb_sync_command(self, run_ids: list[str]) -> str | None:
-        """One `wandb sync` that uploads every offline W&B folder of the sweep (None where there is
-        none): each seed's fit, then the tests that logged into its run, which `wandb sync` appends
-        to it (files of one run are synced in order of start time; cnnlab/wandb_logger.py). In the
-        runs' own directories it is two globs, so it stays one short line for any number of seeds;
-        under WANDB_DIR, where other runs' folders lie too, the folders of the sweep's runs by name."""
-        fits = sorted(self.dir.glob("*/wandb/offline-run-*"))
-        evaluations = sorted(self.dir.glob(f"*/{EVALUATIONS}/*/wandb/offline-run-*"))
+        """One `wandb sync` that uploads the offline W&B folders of the sweep's runs `run_ids` (the
+        registry's: not the abandoned attempts of an interrupted seed), None where there is none: each
+        seed's fit, then the tests that logged into its run, which `wandb sync` appends to it (files of
+        one run are synced in order of start time; cnnlab/wandb_logger.py). Where those are every folder
+        in the runs' own directories it is two globs, one short line for any number of seeds; else (an
+        abandoned attempt beside them, or WANDB_DIR, where other runs' folders lie too) the folders by name."""
+        globs = ("*/wandb", f"*/{EVALUATIONS}/*/wandb")
+        roots = [root for pattern in globs for root in self.dir.glob(pattern)]
         if os.environ.get("WANDB_DIR"):
-            found = offline_dirs(set(run_ids), [Path(os.environ["WANDB_DIR"]) / "wandb"])
-            found = sorted({*(p.resolve() for p in (*fits, *evaluations)), *found}, key=lambda p: p.name)
-            return "wandb sync " + " ".join(shlex.quote(str(p)) for p in found) if found else None
-        globs = [g for g, found in (("*/wandb", fits), (f"*/{EVALUATIONS}/*/wandb", evaluations)) if found]
-        if not globs:
+            roots.append(Path(os.environ["WANDB_DIR"]) / "wandb")
+        wanted = offline_dirs(set(run_ids), roots)
+        if not wanted:
             return None
-        return "wandb sync " + " ".join(f"{shell_path(self.dir)}/{g}/offline-run-*" for g in globs)
+        every = [folder for root in roots for folder in root.glob("offline-run-*") if folder.is_dir()]
+        if len(wanted) == len(every) and not os.environ.get("WANDB_DIR"):
+            present = [g for g in globs if any(self.dir.glob(f"{g}/offline-run-*"))]
+            return "wandb sync " + " ".join(f"{shell_path(self.dir)}/{g}/offline-run-*" for g in present)
+        return "wandb sync " + " ".join(shell_path(folder) for folder in wanted)
 
 
 def wandb_labels(group: str, configs: list[str], job_type: str, tags: list[str]) -> dict[str, str]:
