@@ -731,3 +731,17 @@ def test_report_from_wandb_without_credentials_is_one_paragraph(tmp_path, monkey
     assert main(["report", "mnist-cnn", "--from-wandb", "me/cnnlab", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "wandb has no credentials" in err and "wandb login" in err and "Traceback" not in err
+
+
+def test_report_names_the_seeds_it_left_out_of_a_metric_for_a_non_finite_value():
+    from cnnlab.seeds.report import SweepResults, markdown, statistics_rows
+
+    records = [
+        SeedRecord(seed, status="finished", attempts=1, metrics={"test/acc": value})
+        for seed, value in ((0, 0.91), (1, float("nan")), (2, 0.93), (3, 0.92))
+    ]
+    results = SweepResults("s", records, source="registry")
+    rows = statistics_rows(results, ["test/acc"])
+    assert rows[0]["n"] == 3
+    text = markdown(results, ["test/acc"], rows, "distributions.png")
+    assert "Left out of test/acc (not a finite number): seed 1." in text

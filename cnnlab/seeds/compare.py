@@ -200,6 +200,11 @@ def verdict(row: dict, several: bool = False) -> str:
     test = "a paired t-test" if row["paired"] else "Welch's t-test"
     p_t = row["p_t_holm"] if several else row["p_t"]
     interval = INTERVAL_NAMES.get(row["interval"], row["interval"])
+    if diff == 0:
+        return (
+            f"On {metric}, {other} (mean {fmt(row['mean_b'])}, n={row['n_b']}) and {base} (mean "
+            f"{fmt(row['mean_a'])}, n={row['n_a']}) are equal on average: no difference to call."
+        )
     text = (
         f"On {metric}, {other} (mean {fmt(row['mean_b'])}, n={row['n_b']}) is "
         f"{'higher' if higher else 'lower'} than {base} (mean {fmt(row['mean_a'])}, n={row['n_a']}) by "

@@ -384,6 +384,13 @@ def markdown(results: SweepResults, metrics: list[str], rows: list[dict], figure
         "also where the values do not vary.",
         "",
     ]
+    for metric in metrics:  # a finished seed whose value is NaN or inf is left out of that metric: say which
+        left_out = [r.seed for r in results.finished if metric in r.metrics and not _finite(r.metrics[metric])]
+        if left_out:
+            lines += [
+                f"Left out of {metric} (not a finite number): seed {', '.join(map(str, left_out))}.",
+                "",
+            ]
     fewest = min((row["n"] for row in rows), default=0)
     if rows and fewest < stats.SMALL_N:
         lines += [small_n_warning(fewest, fewest - 1), ""]
