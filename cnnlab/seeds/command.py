@@ -90,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser(
         "compare",
-        help="compare sweeps: difference of means with its interval (t below 70 seeds, BCa bootstrap from 70), "
+        help="compare sweeps: difference of means with its interval (paired or Welch t below 70 seeds, BCa from 70), "
         "Hedges' g, t and permutation tests, verdict",
     )
     compare.add_argument("names", nargs="+", help="sweeps; the first is the baseline the others are compared to")

@@ -15,9 +15,9 @@ from cnnlab.seeds import stats
 from cnnlab.seeds.report import (
     INTERVAL_NAMES,
     SweepResults,
+    difference_rule,
     distribution_figure,
     fmt,
-    interval_rule,
     lower_is_better,
     metrics_to_report,
     primary_metric,
@@ -324,7 +324,7 @@ def write_comparison(sweeps: list[SweepResults], metric: str, out: Path, paired:
     effect = stats.EFFECT_PAIRED if paired else stats.EFFECT_UNPAIRED
     lines += [
         "",
-        f"The interval of the difference is {interval_rule()}, counting the smaller side's seeds. "
+        f"The interval of the difference is {difference_rule()}, counting the smaller side's seeds. "
         f"{effect}: {EFFECT_MEANING[effect]}, times Hedges' small-sample correction; its interval inverts the "
         "noncentral t distribution (Steiger & Fouladi 1997, exact for normal values).",
         "",

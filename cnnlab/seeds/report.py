@@ -225,16 +225,26 @@ INTERVAL_NAMES = {  # a Distribution's or Difference's `interval`, as the text n
     stats.STUDENT_T: "Student t-interval",
     stats.PAIRED_T: "paired t-interval",
     stats.WELCH_T: "Welch t-interval",
+    stats.BOOTSTRAP_T: "bootstrap-t interval",
     "t": "t-interval",
 }
 
 
 def interval_rule() -> str:
-    """The rule of stats.interval_method in words, with where it comes from."""
+    """The rule of stats.mean_interval_method (the interval of one mean) in words, with where it comes from."""
     return (
-        f"a t-interval below {stats.BOOTSTRAP_MIN_N} seeds and a BCa bootstrap ({stats.RESAMPLES:,} resamples) "
-        f"from {stats.BOOTSTRAP_MIN_N} on, the rule measured to cover the true mean 93-97% of the time on normal "
-        "and mildly skewed values (benchmarks/interval_coverage.py)"
+        f"Student's t-interval below {stats.BOOTSTRAP_T_MIN_N} seeds and the bootstrap-t ({stats.RESAMPLES:,} "
+        f"resamples) from {stats.BOOTSTRAP_T_MIN_N} on, the rule measured to cover the true mean 93-97% of the time "
+        "on normal, mildly skewed and, from 10 seeds, exponentially skewed values (benchmarks/interval_coverage.py)"
+    )
+
+
+def difference_rule() -> str:
+    """The rule of stats.interval_method (the interval of a difference of means) in words."""
+    return (
+        f"a t-interval (paired or Welch) below {stats.BOOTSTRAP_MIN_N} seeds and a BCa bootstrap "
+        f"({stats.RESAMPLES:,} resamples) from {stats.BOOTSTRAP_MIN_N} on (benchmarks/interval_coverage.py: in a "
+        "difference equal skews cancel, and Welch's t covers 95-96% where a two-sample bootstrap-t covers 92-94%)"
     )
 
 
@@ -251,7 +261,7 @@ def small_n_warning(n: int, df: float, side: str = "") -> str:
         f"Warning: with only {n} seeds{side} the 95% interval is a t-interval {quantile:.2f} standard errors "
         f"either side (t with {df:.3g} degrees of freedom; 1.96 with many seeds), so it is wide, and it is "
         "only as good as the assumption that the seeds' values spread roughly normally: where they are "
-        "skewed (a rare bad seed) it covers the true mean less often than 95% (about 88-90% at 3 to 10 "
+        "skewed (a rare bad seed) it covers the true mean less often than 95% (about 88-90% at 3 to 9 "
         "seeds of exponential data, 81-84% for a heavier lognormal tail: benchmarks/interval_coverage.py), "
         f"and no interval can show a tail that {n} seeds did not sample. Run at least {stats.SMALL_N} seeds "
         "per sweep (30 or more for a trustworthy interval)."

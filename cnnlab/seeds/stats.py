@@ -20,24 +20,25 @@ RESAMPLES = 10_000
 RNG_SEED = 0
 SMALL_N = 10  # fewer seeds than this (on a side): report and compare warn that the interval is rough
 
-# Below this many seeds (on the smaller side) the interval of a difference of means is a paired or Welch
-# t-interval, from it on a BCa bootstrap; the interval of one mean follows BOOTSTRAP_T_MIN_N. Measured by benchmarks/interval_coverage.py (benchmarks/README.md, "Interval coverage
-# (issue 20)", 4,000-10,000 samples a cell): a bootstrap takes the few seeds' spread for the whole
-# truth, so BCa undercovers at few seeds whatever the data (normal: 71.6% at n=3, 89.9% at n=10, 93.3%
-# at n=30), while the t-interval covers 94.8-95.4% on normal and 94.3-94.8% on mildly skewed values
-# (lognormal, skewness 0.78) at every n from 3 to 100. At 30-50 seeds BCa still covers 1-1.5 points
-# less than t there and gains at most 0.7 on heavy tails; from 70 it is within 0.6 points of t on normal,
-# mildly skewed and exponential values, and its interval, which leans with the skew where a t-interval
-# cannot, covers more of a heavy tail (lognormal sigma=1: 91.6% against 90.5% at n=70).
+# Below this many seeds (on the smaller side) compare's interval of a difference of means is the paired or
+# Welch t-interval, from it on a BCa bootstrap. Chosen on the interval of one mean (benchmarks/README.md,
+# "Interval coverage (issue 20)": the rule report used before the bootstrap-t): a bootstrap takes the few
+# seeds' spread for the whole truth, so BCa undercovers at few seeds whatever the data (normal: 71.6% at
+# n=3, 89.9% at n=10, 93.3% at n=30) while t covers 94.8-95.4%; from 70 BCa is within 0.6 points of t.
+# Differences keep it: where both sweeps' values have the same skew it cancels in their difference, and a
+# two-sample bootstrap-t covered 92.4-94.4% of differences of exponential or bad-seed values at 10-30 seeds
+# a side where Welch's t covers 95.1-96.2% (a one-off simulation for issue 20, 10,000 draws a cell, not in
+# benchmarks/).
 BOOTSTRAP_MIN_N = 70
 
 # Below this many seeds the interval of one mean is Student's t, from it on the bootstrap-t. Measured by
 # benchmarks/interval_coverage.py (benchmarks/README.md, "Interval coverage (issue 20)", 10,000 samples
 # a cell): the bootstrap-t takes its quantiles from the studentized resamples instead of Student's t, so
-# its interval leans with the skew and covers 93.6-94.7% of exponential values (skewness 2, either way)
-# from 10 to 100 seeds where t covers 90-94%, and 94.4-95.3% of normal values, at 1.00-1.06 times t's
-# width. Below 10 it has too few distinct resamples to learn the skew from: 1.6 times t's width at 5
-# normal seeds for the same coverage, and still under 93% at 5 exponential ones.
+# its interval leans with the skew, and from 10 to 100 seeds it covers 93.8-95.2% of exponential values
+# (skewness 2, to the right or to the left) where t covers 89.8-94.5%, and 94.7-95.3% of normal values
+# at 1.00-1.07 times t's width. Below 10 it has too few distinct resamples to learn the skew from: at 5
+# normal seeds 1.6 times t's width for the same coverage, at 3 seeds infinite (a ninth of the resamples
+# repeat one value and have no t*).
 BOOTSTRAP_T_MIN_N = 10
 
 BCA = "BCa bootstrap"
@@ -145,15 +146,22 @@ def bootstrap_t_interval(
     # simulation evaluates thousands of rows at once
     drawn = np.random.default_rng(seed).integers(0, n, (resamples, n)) + n * np.arange(resamples)[:, None]
     counts = np.bincount(drawn.ravel(), minlength=resamples * n).reshape(resamples, n).astype(float)
-    mean_star = deviations @ counts.T / n
-    var_star = (deviations**2 @ counts.T / n - mean_star**2) * n / max(n - 1, 1)
-    se_star = np.sqrt(np.maximum(var_star, 0.0) / n)
-    # a resample of one repeated value has no spread: its t* is infinite, on the side of its mean. Where
-    # such resamples are more than the tail (a few distinct values, as [0.5] * 11 + [0.6]), the interval
-    # is infinite and mean_interval shows the t-interval; leaving them out instead would drop one side's
-    # resamples and pull that end of the interval in to the mean itself
+    # in place where it can be: a simulation's 500 x 10,000 t* are 40 MB a pass
+    mean_star = deviations @ counts.T
+    mean_star /= n
+    se_star = deviations**2 @ counts.T
+    se_star /= n
+    se_star -= mean_star**2  # the resample's variance (ddof=0): E*[d^2] - E*[d]^2, d centred, so no cancellation
+    np.maximum(se_star, 0.0, out=se_star)
+    se_star /= n - 1  # (variance * n / (n - 1)) / n: the squared standard error with ddof=1
+    np.sqrt(se_star, out=se_star)
+    # a resample of one repeated value has no spread (but for rounding): its t* is infinite, on the side of
+    # its mean. Where such resamples are more than the tail (a few distinct values, as [0.5] * 11 + [0.6]),
+    # the interval is infinite and mean_interval shows the t-interval; leaving them out instead would drop
+    # one side's resamples and pull that end of the interval in to the mean itself
+    se_star[se_star <= 1e-9 * se[..., None]] = 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        t_star = np.where(se_star > 1e-9 * se[..., None], mean_star / se_star, np.sign(mean_star) * np.inf)
+        t_star = np.divide(mean_star, se_star, out=mean_star)  # x / 0 is +-inf; 0 / 0 (no spread at all) NaN
     tail = (1 - confidence) / 2
     # NaN only in a row without spread (its interval is NaN anyway); nanquantile is slow, so only then.
     # numpy warns of an all-NaN row and of inf - inf where a quantile falls among infinite t*
@@ -195,8 +203,9 @@ def mean_ci(
     values, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = RNG_SEED
 ) -> tuple[float, float, str]:
     """The BCa bootstrap interval of the mean at any n (the t-interval where BCa cannot be formed), and
-    which of the two it is. What report shows is mean_interval, which does not use it: BCa undercovers
-    a mean at every n the bootstrap-t covers (benchmarks/interval_coverage.py)."""
+    which of the two it is. What report shows is mean_interval, which does not use it: BCa covers less
+    than the bootstrap-t wherever both were measured (0.3-1.8 points at 70-100 seeds, 72% at 3 normal
+    seeds: benchmarks/interval_coverage.py)."""
     values = np.asarray(values, dtype=float)
     bca = _bca((values,), np.mean, confidence, resamples, seed)
     return (*bca, BCA) if bca is not None else (*t_interval(values, confidence), "t")
