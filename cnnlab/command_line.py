@@ -41,7 +41,7 @@ def explicit_settings(args: list[str]) -> dict[str, str]:
     return found
 
 
-ENV_PREFIX = "PL"  # LightningCLI's: PL_FIT__TRAINER__MAX_EPOCHS=3 is --trainer.max_epochs=3 for fit
+ENV_PREFIX = "PL"  # LightningCLI's: PL_FIT__TRAINER__MAX_EPOCHS=3 sets trainer.max_epochs for fit
 
 
 def environment_variables(subcommand: str | None, environ=os.environ) -> dict[str, tuple[str, str]]:
@@ -56,12 +56,12 @@ def environment_variables(subcommand: str | None, environ=os.environ) -> dict[st
     }
 
 
-def environment_settings(subcommand: str | None, args: list[str], config: Namespace | None = None, environ=os.environ):
+def environment_settings(subcommand: str | None, args: list[str], config: Namespace, environ=os.environ):
     """The PL_<SUBCOMMAND>__* variables that took effect (name -> (short key, raw text)), and the names of
     those that did not. jsonargparse reads them after the defaults and before the command line, so a
     --config file or an argument that sets the same key wins; and it reads only the names `--help` lists
     (a model's or DataModule's own settings are not among them: PL_FIT__MODEL takes the whole model).
-    With the parsed `config`, a variable counts only where the setting holds its value."""
+    A variable counts only where the parsed `config` holds its value."""
     given = environment_variables(subcommand, environ)
     if not given:
         return {}, []
@@ -69,7 +69,7 @@ def environment_settings(subcommand: str | None, args: list[str], config: Namesp
     effective, ignored = {}, []
     for name, (key, value) in given.items():
         overridden = any(key == o or o.startswith(f"{key}.") or key.startswith(f"{o}.") for o in shadowed)
-        if overridden or (config is not None and not _holds(config, key, value)):
+        if overridden or not _holds(config, key, value):
             ignored.append(name)
         else:
             effective[name] = (key, value)
@@ -94,15 +94,18 @@ def _holds(config: Namespace, key: str, raw: str) -> bool:
     return value == parsed or str(value) == raw
 
 
-def config_files(args: list[str]) -> list[str]:
-    """The --config files of a command line, in order."""
-    files = []
+def _config_positions(args: list[str]):
+    """(index, path) of each --config file of a command line, in order (`--config x` and `--config=x`)."""
     for i, token in enumerate(args):
         if token == "--config" and i + 1 < len(args):
-            files.append(args[i + 1])
+            yield i + 1, args[i + 1]
         elif token.startswith("--config="):
-            files.append(token.partition("=")[2])
-    return files
+            yield i, token.partition("=")[2]
+
+
+def config_files(args: list[str]) -> list[str]:
+    """The --config files of a command line, in order."""
+    return [path for _, path in _config_positions(args)]
 
 
 def settings_in_files(files: list) -> set[str]:
@@ -147,11 +150,9 @@ def locate_config(path: str) -> str:
 def located_configs(args: list[str]) -> list[str]:
     """The command line with each --config file located by `locate_config`."""
     located = list(args)
-    for i, token in enumerate(located):
-        if token == "--config" and i + 1 < len(located):
-            located[i + 1] = locate_config(located[i + 1])
-        elif token.startswith("--config="):
-            located[i] = "--config=" + locate_config(token.partition("=")[2])
+    for i, path in _config_positions(args):
+        found = locate_config(path)
+        located[i] = found if located[i] == path else f"--config={found}"
     return located
 
 
