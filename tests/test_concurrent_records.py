@@ -271,7 +271,7 @@ def test_records_are_locked_without_fcntl(tmp_path):
     """`import train` failed on Windows, where there is no fcntl; the record lock must not need it."""
     code = (
         "import sys; sys.modules['fcntl'] = None\n"
-        "import train, cnnlab.records as r\n"
+        "import train, cnnlab.summary_files as r\n"
         "assert r.fcntl is None\n"
         "print('imported')\n"
     )
