@@ -123,6 +123,11 @@ def test_every_command_line_in_the_docs_parses(doc, line, monkeypatch, capsys, t
             configs=known.config,
             seeds=parse_seeds(known.seeds),
             overrides=overrides,
+            jobs=known.jobs,
+            backend=known.backend,
+            address=known.address,
+            cpus_per_seed=known.cpus_per_seed,
+            gpus_per_seed=known.gpus_per_seed,
         )
         parse_train(["fit", *sweep.args(sweep.seeds[0])], monkeypatch, capsys)
     else:

@@ -24,6 +24,7 @@ EXAMPLES = """
 examples:
   cnnlab-seeds run --config configs/mnist_classifier.yaml --seeds 0-99 --jobs 4 --name mnist-cnn
   cnnlab-seeds run --config configs/mnist_classifier.yaml --seeds 0-99 --name mnist-cnn-noaug --data.augment false
+  cnnlab-seeds run --config configs/mnist_classifier.yaml --seeds 0-99 --name mnist-cnn --backend ray --address auto
   cnnlab-seeds report mnist-cnn
   cnnlab-seeds compare mnist-cnn-noaug mnist-cnn --metric test/acc
   python -m cnnlab.seeds one --config configs/mnist_classifier.yaml --experiment mnist-cnn --seed_everything=3
@@ -49,7 +50,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--config", action="append", required=True, help="experiment YAML (repeatable, as train.py)")
     run.add_argument("--seeds", required=True, help="model seeds, e.g. 0-99 or 0,1,2 or 0-9,100-109")
     run.add_argument("--name", help="sweep name: runs in <root>/<name>/, W&B group (default: the config's name)")
-    run.add_argument("--jobs", type=int, default=1, help="worker processes running seeds at once (default 1)")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        help="seeds running at once, at most (default: 1 on the local pool; on Ray, as many as the cluster holds)",
+    )
     run.add_argument("--root", default=RUNS_ROOT, help=f"where sweeps live (default {RUNS_ROOT}/)")
     run.add_argument("--timeout", type=float, help="seconds one seed may take before its worker is replaced")
     run.add_argument(
@@ -58,6 +63,25 @@ def parser() -> argparse.ArgumentParser:
         help="torch threads per worker (default: OMP_NUM_THREADS where set, else CPU cores / jobs)",
     )
     run.add_argument("--gpus", help="GPU ids to share out round-robin, e.g. 0,1 (default: all visible; 'none': CPU)")
+    run.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: warm worker processes on this machine (default); ray: warm Ray actors on a cluster "
+        '(pip install -e ".[ray]"; the sweep folder must be on storage every node shares)',
+    )
+    run.add_argument(
+        "--address",
+        help="Ray: the cluster, auto (the one `ray start` made here) or HOST:PORT (default: RAY_ADDRESS where set, "
+        "else a Ray instance on this machine)",
+    )
+    run.add_argument("--cpus-per-seed", type=int, help="Ray: CPUs (and torch threads) each seed asks for (default 1)")
+    run.add_argument(
+        "--gpus-per-seed",
+        type=float,
+        help="Ray: GPUs each seed asks for; 0.5 packs two seeds on one GPU (default 0; a cluster without GPUs runs "
+        "the seeds on CPU)",
+    )
     run.add_argument("--tag", action="append", default=[], help="extra W&B tag (repeatable)")
     run.add_argument("--job-type", default="seed", help="W&B job_type of the seed runs (default seed)")
     run.add_argument("--no-retry-failed", action="store_true", help="on resume, leave failed seeds failed")
@@ -132,7 +156,15 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
         job_type=args.job_type,
         retry_failed=not args.no_retry_failed,
         figures=args.figures,
+        backend=args.backend,
+        address=args.address,
+        cpus_per_seed=args.cpus_per_seed,
+        gpus_per_seed=args.gpus_per_seed,
     )
+    if sweep.backend == "ray":
+        from cnnlab.seeds.ray_backend import RayLauncher
+
+        return RayLauncher(sweep).run()
     return Launcher(sweep).run()
 
 

@@ -10,22 +10,24 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-from cnnlab.records import read_summary, update_summary
 from cnnlab.run_dir import RUNS_ROOT
 from cnnlab.seeds.pool import Worker, detect_gpus, device_of, threads_per_worker
 from cnnlab.seeds.progress import Progress
 from cnnlab.seeds.registry import Registry, SeedRecord, is_complete, outcome_of
 from cnnlab.seeds.sweep import Sweep
 from cnnlab.seeds.worker import log_tail
+from cnnlab.summary_files import read_summary, update_summary
 
 STOP_GRACE_S = 10.0  # a stopping worker's time to end its W&B run before it is killed
 MAX_START_FAILURES = 2  # consecutive workers that died before becoming ready: the sweep cannot run
+HOST = socket.gethostname()
 FAIL_FAST = 3  # this many failures, no success, one identical error: stop instead of failing every seed
 
 
@@ -85,29 +87,29 @@ class Launcher:
             if not self.queue:
                 self.say(f"all {len(sweep.seeds)} seeds of '{sweep.name}' are already done ({sweep.dir}).")
                 return self._exit_code()
-            devices = ", ".join(f"GPU {g}" for g in self.gpus) if self.gpus else "CPU"
-            self.say(
-                f"sweep '{sweep.name}': {len(self.queue)} seeds to run ({done} already done) in {sweep.jobs} "
-                f"worker(s), {self.threads} torch thread(s) each, on {devices}; runs in {sweep.dir}/"
-            )
-            self.progress = Progress(sweep.name, len(sweep.seeds), self.stream)
             try:
-                self._loop()
-            except KeyboardInterrupt:
-                self._stop_all("interrupted", "stopped by the user (Ctrl-C)")
-                self.progress.close()
-                counts = self.registry.counts(sweep.seeds)
-                self.say(
-                    f"interrupted: {counts['finished']} seeds finished, {counts['failed']} failed, the rest not run. "
-                    "Run the same command again to resume (finished seeds are kept)."
-                )
-                self._say_sync()
-                return 130
-            except BaseException:
-                self._stop_all("interrupted", "the launcher stopped on an error")
-                raise
+                self._open()  # inside: what it took before refusing (a Ray connection) is released too
+                self.say(self._plan(done))
+                self.progress = Progress(sweep.name, len(sweep.seeds), self.stream)
+                try:
+                    self._loop()
+                except KeyboardInterrupt:
+                    self._stop_all("interrupted", "stopped by the user (Ctrl-C)")
+                    self.progress.close()
+                    counts = self.registry.counts(sweep.seeds)
+                    self.say(
+                        f"interrupted: {counts['finished']} seeds finished, {counts['failed']} failed, the rest not "
+                        "run. Run the same command again to resume (finished seeds are kept)."
+                    )
+                    self._say_sync()
+                    return 130
+                except BaseException:
+                    self._stop_all("interrupted", "the launcher stopped on an error")
+                    raise
+                finally:
+                    self.progress.close()
             finally:
-                self.progress.close()
+                self._close()
             counts = self.registry.counts(sweep.seeds)
             self.say(
                 f"sweep '{sweep.name}': {counts['finished']} of {len(sweep.seeds)} seeds finished. "
@@ -116,6 +118,21 @@ class Launcher:
             )
             self._say_sync()
             return self._exit_code()
+
+    # -- what differs between the local pool and other backends (cnnlab/seeds/ray_backend.py) -----
+
+    def _open(self) -> None:
+        """Get ready to run seeds (the local pool needs nothing before its workers start)."""
+
+    def _close(self) -> None:
+        """Release what _open took."""
+
+    def _plan(self, done: int) -> str:
+        devices = ", ".join(f"GPU {g}" for g in self.gpus) if self.gpus else "CPU"
+        return (
+            f"sweep '{self.sweep.name}': {len(self.queue)} seeds to run ({done} already done) in {self.sweep.jobs} "
+            f"worker(s), {self.threads} torch thread(s) each, on {devices}; runs in {self.sweep.dir}/"
+        )
 
     def _say_sync(self) -> None:
         """Where W&B ran offline: the one command that uploads the whole sweep, each seed's W&B run
@@ -216,14 +233,28 @@ class Launcher:
                 self.start_failures = 0
                 self._dispatch(worker)
             elif message["event"] == "result" and message["seed"] == worker.seed:
-                record = self.registry.get(worker.seed)
-                fields = {k: v for k, v in message.items() if k not in ("event", "pid")}
-                self._store(record, {**fields, "finished": time.time()})
-                self.session["finished" if message["status"] == "finished" else "failed"] += 1
-                if message["status"] != "finished":
-                    self.session["errors"].append(message.get("error") or "")
+                self._record_result(message)
                 worker.seed = None
                 self._dispatch(worker)
+
+    def _record_result(self, message: dict) -> None:
+        """A seed's result message (cnnlab/seeds/worker.py: run_seed) into its registry record."""
+        record = self.registry.get(message["seed"])
+        fields = {k: v for k, v in message.items() if k not in ("event", "pid")}
+        self._store(record, {**fields, "finished": time.time()})
+        self.session["finished" if message["status"] == "finished" else "failed"] += 1
+        if message["status"] != "finished":
+            self.session["errors"].append(message.get("error") or "")
+
+    def _task(self, seed: int) -> dict:
+        """What a worker needs to run `seed`'s next attempt (marked running just before)."""
+        return {
+            "seed": seed,
+            "attempt": self.registry.get(seed).attempts,
+            "args": self.sweep.args(seed),
+            "env": self.sweep.env(seed),
+            "log": str(self.sweep.dir / "logs" / f"seed{seed}.log"),
+        }
 
     def _dispatch(self, worker: Worker) -> None:
         if worker.proc.poll() is not None:
@@ -232,15 +263,8 @@ class Launcher:
             worker.close_input()  # the worker ends its loop and exits
             return
         seed = self.queue.pop(0)
-        self.registry.mark_running(seed, worker.pid, worker.device or "cpu")
-        attempt = self.registry.get(seed).attempts
-        task = {
-            "seed": seed,
-            "attempt": attempt,
-            "args": self.sweep.args(seed),
-            "env": self.sweep.env(seed),
-            "log": str(self.sweep.dir / "logs" / f"seed{seed}.log"),
-        }
+        self.registry.mark_running(seed, worker.pid, f"GPU {worker.device}" if worker.device else "cpu", HOST)
+        task = self._task(seed)
         worker.seed, worker.since = seed, time.time()
         self.session["first_dispatch"] = self.session["first_dispatch"] or worker.since
         worker.send(task)  # a dead worker is noticed by the loop, which fails this seed

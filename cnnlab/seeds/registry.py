@@ -59,8 +59,12 @@ class SeedRecord:
     wandb_project: str | None = None
     fit_seconds: float | None = None
     test_seconds: float | None = None
-    worker: int | None = None
-    device: str | None = None
+    worker: int | None = None  # the pid of the process that ran it (local worker or Ray actor)
+    device: str | None = None  # "cpu" or the GPU ids it saw, e.g. "GPU 0"
+    node: str | None = None  # the host it ran on
+    node_id: str | None = None  # the Ray node's id (--backend ray), None for the local pool
+    # attempts that ended without a result of their own (a Ray node that died mid-seed): one dict each
+    history: list[dict] = field(default_factory=list)
 
 
 DETAILS = tuple(f.name for f in fields(SeedRecord) if f.name not in COLUMNS)
@@ -118,11 +122,13 @@ class Registry:
                 "INSERT OR IGNORE INTO seeds (seed, status) VALUES (?, 'pending')", [(s,) for s in seeds]
             )
 
-    def mark_running(self, seed: int, worker: int | None, device: str | None) -> None:
+    def mark_running(
+        self, seed: int, worker: int | None, device: str | None, node: str | None = None, node_id: str | None = None
+    ) -> None:
         record = self.get(seed) or SeedRecord(seed)
         record.status, record.attempts, record.started = "running", record.attempts + 1, time.time()
         record.finished = record.seconds = record.error = None
-        record.worker, record.device = worker, device
+        record.worker, record.device, record.node, record.node_id = worker, device, node, node_id
         self.put(record)
 
     def mark(self, seeds: list[int], status: str, error: str | None = None) -> None:
@@ -162,6 +168,7 @@ class Registry:
         values = dict(zip(COLUMNS, row[:-1], strict=True))
         values["metrics"] = json.loads(values["metrics"] or "{}")
         details = json.loads(row[-1] or "{}")
+        details["history"] = details.get("history") or []
         return SeedRecord(**values, **{k: details.get(k) for k in DETAILS})
 
 

@@ -338,6 +338,9 @@ def seed_rows(results: SweepResults, metrics: list[str]) -> list[dict]:
         row |= {m: r.metrics.get(m) for m in metrics}
         row |= {
             "seconds": r.seconds,
+            "node": r.node,  # where it ran: the host, and on Ray the node's id
+            "node_id": r.node_id,
+            "device": r.device,
             "data_seed": r.data_seed,
             "run_dir": r.run_dir,
             "best_checkpoint": r.best_checkpoint,

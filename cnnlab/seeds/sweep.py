@@ -39,7 +39,7 @@ class Sweep:
     seeds: list[int]
     overrides: list[str] = field(default_factory=list)
     root: Path = Path(RUNS_ROOT)
-    jobs: int = 1
+    jobs: int | None = None  # the local pool: 1 when not given; Ray: the seeds the cluster can hold at once
     threads: int | None = None
     timeout: float | None = None
     gpus: list[str] | None = None
@@ -47,6 +47,10 @@ class Sweep:
     job_type: str = "seed"
     retry_failed: bool = True
     figures: str = "first"  # draw figures for the first seed ('first'), every seed ('all') or none ('none')
+    backend: str = "local"  # 'local': worker processes of this machine; 'ray': Ray actors on a cluster
+    address: str | None = None  # Ray: 'auto', HOST:PORT, or None for RAY_ADDRESS or a local instance
+    cpus_per_seed: int | None = None  # Ray: CPUs each seed asks for (default 1)
+    gpus_per_seed: float | None = None  # Ray: GPUs each seed asks for, fractions pack seeds on one GPU (default 0)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -55,8 +59,23 @@ class Sweep:
                 f"--name {self.name!r} is not usable as a folder name. Use letters, digits, '.', '_', '+' "
                 "or '-', starting with a letter or digit (e.g. mnist-cnn)."
             )
-        if self.jobs < 1:
-            raise CnnlabError(f"--jobs is {self.jobs}; give at least 1 worker process.")
+        if self.backend not in ("local", "ray"):
+            raise CnnlabError(f"--backend is {self.backend!r}; give local (this machine's processes) or ray.")
+        if self.jobs is not None and self.jobs < 1:
+            raise CnnlabError(f"--jobs is {self.jobs}; give at least 1 seed at a time.")
+        if self.backend == "local":
+            self.jobs = self.jobs or 1
+            ray_only = {"--address": self.address, "--cpus-per-seed": self.cpus_per_seed}
+            ray_only["--gpus-per-seed"] = self.gpus_per_seed
+            given = [flag for flag, value in ray_only.items() if value is not None]
+            if given:
+                raise CnnlabError(
+                    f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for --backend ray (a Ray cluster); the "
+                    "local pool runs --jobs worker processes on this machine and shares out --gpus. Add --backend ray, "
+                    "or leave them out."
+                )
+        else:
+            self.check_ray_settings()
         if self.threads is not None and self.threads < 1:
             raise CnnlabError(
                 f"--threads is {self.threads}; give at least 1 torch thread per worker, or leave it out "
@@ -74,6 +93,25 @@ class Sweep:
                     f"--config {config}: no such file. Give an experiment YAML, e.g. configs/mnist_classifier.yaml."
                 )
         check_overrides(self.overrides)
+
+    def check_ray_settings(self) -> None:
+        if self.gpus is not None:
+            raise CnnlabError(
+                "--gpus shares this machine's GPUs out to the local pool's workers; on --backend ray each seed asks "
+                "Ray for GPUs and Ray picks them (it sets CUDA_VISIBLE_DEVICES): give --gpus-per-seed F instead."
+            )
+        self.cpus_per_seed = 1 if self.cpus_per_seed is None else self.cpus_per_seed
+        self.gpus_per_seed = 0.0 if self.gpus_per_seed is None else float(self.gpus_per_seed)
+        if self.cpus_per_seed < 1:
+            raise CnnlabError(f"--cpus-per-seed is {self.cpus_per_seed}; give at least 1 CPU per seed.")
+        gpus = self.gpus_per_seed
+        if gpus < 0 or (gpus > 1 and not gpus.is_integer()):
+            raise CnnlabError(
+                f"--gpus-per-seed is {gpus:g}; give 0 (CPU), a fraction below 1 (that many seeds share one GPU, "
+                "e.g. 0.5 for two) or a whole number of GPUs, as Ray allocates them."
+            )
+        if self.threads is None:
+            self.threads = self.cpus_per_seed
 
     @property
     def dir(self) -> Path:

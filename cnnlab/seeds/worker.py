@@ -233,15 +233,9 @@ def raise_stop(signum, frame) -> None:
     raise Stop()
 
 
-def serve(threads: int | None) -> int:
-    """The worker's main loop. Returns the exit code."""
-    parent = os.getppid()
-    threading.Thread(target=watch_parent, args=(parent,), daemon=True).start()
-    # stdout carries the protocol; everything printed goes to stderr (the worker's log) instead.
-    protocol = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    signal.signal(signal.SIGTERM, raise_stop)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
+def prepare_process(threads: int | None) -> ProcessState:
+    """Make this process a warm seed runner (a local worker or a Ray actor): import torch and the
+    CLI once, set its torch threads, and capture the state every seed starts from."""
     sys.argv = ["train.py"]  # LightningCLI warns when it is given args and sys.argv holds others too
 
     import torch
@@ -256,16 +250,34 @@ def serve(threads: int | None) -> int:
     # none can ever be garbage; frozen, they are skipped, and what a seed leaves is still collected.
     gc.collect()
     gc.freeze()
+    return state
+
+
+def run_task(task: dict, state: ProcessState) -> dict:
+    """One task of the launcher (seed, attempt, args, env, log): the seed's output goes to its log,
+    and the result message comes back. The local worker and the Ray actor both run seeds here."""
+    log = Path(task["log"])
+    with output_to(log):
+        print(f"\n===== seed {task['seed']}, attempt {task.get('attempt', 1)}, worker {os.getpid()} =====")
+        return run_seed(task["seed"], task["args"], state, log, task.get("env"))
+
+
+def serve(threads: int | None) -> int:
+    """The worker's main loop. Returns the exit code."""
+    parent = os.getppid()
+    threading.Thread(target=watch_parent, args=(parent,), daemon=True).start()
+    # stdout carries the protocol; everything printed goes to stderr (the worker's log) instead.
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    signal.signal(signal.SIGTERM, raise_stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
+    state = prepare_process(threads)
     spawned = float(os.environ.get(SPAWNED_AT_ENV, time.time()))
     ready = {"event": "ready", "pid": os.getpid(), "startup_seconds": round(time.time() - spawned, 3)}
     protocol.write(json.dumps(ready) + "\n")
     try:
         for line in sys.stdin:
-            task = json.loads(line)
-            log = Path(task["log"])
-            with output_to(log):
-                print(f"\n===== seed {task['seed']}, attempt {task.get('attempt', 1)}, worker {os.getpid()} =====")
-                result = run_seed(task["seed"], task["args"], state, log, task.get("env"))
+            result = run_task(json.loads(line), state)
             protocol.write(json.dumps(result, default=str) + "\n")
     except (Stop, KeyboardInterrupt):
         finish_wandb(exit_code=130)
