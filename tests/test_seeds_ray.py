@@ -325,3 +325,20 @@ def test_a_hung_seed_times_out_and_its_actor_is_replaced(faulty):
     assert final[3].status == final[4].status == "finished"
     assert final[4].worker == final[3].worker != final[2].worker
     assert not alive(final[2].worker)  # the hung actor was killed, not left behind
+
+
+@pytest.mark.slow
+def test_relative_paths_mean_the_drivers_directory_on_every_node(cluster, mnist_root, tmp_path):
+    """The nodes' Ray workers start where the cluster was started (the checkout, here); a seed still
+    reads `--data.data_dir mnist` from the directory the driver runs in, as a local worker would."""
+    here = tmp_path / "project"
+    here.mkdir()
+    (here / "mnist").symlink_to(mnist_root)
+    args = [*ray_args(cluster, tmp_path / "runs", "relative", "0", mnist_root), "--data.data_dir=mnist"]
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnlab.seeds", *args], cwd=here, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = records(tmp_path / "runs" / "relative").values()
+    assert record.status == "finished" and "test/acc" in record.metrics
+    assert read_summary(Path(record.run_dir))["config"]["data"]["init_args"]["data_dir"] == "mnist"

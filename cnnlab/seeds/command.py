@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"\ncnnlab-seeds: error: {err}\n(set CNNLAB_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before a sweep's seeds started (connecting to Ray, checking its nodes)
+        print("\ncnnlab-seeds: stopped (Ctrl-C). A sweep resumes with the same command.", file=sys.stderr)
+        return 130
 
 
 def entry() -> None:

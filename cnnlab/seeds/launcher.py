@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-from cnnlab.run_dir import RUNS_ROOT
+from cnnlab.run_dir import EVALUATIONS, RUNS_ROOT
 from cnnlab.seeds.pool import Worker, detect_gpus, device_of, threads_per_worker
 from cnnlab.seeds.progress import Progress
 from cnnlab.seeds.registry import Registry, SeedRecord, is_complete, outcome_of
@@ -42,15 +42,27 @@ def seed_runs(sweep_dir: Path, seed: int) -> list[Path]:
     return sorted((p for p in found if p.is_dir()), reverse=True)
 
 
-def mark_interrupted(run: Path, why: str) -> None:
-    """A run left 'running' by a stopped or killed worker says so, instead of running forever."""
+def mark_interrupted(run: Path, why: str) -> list[Path]:
+    """A run left 'running' by a stopped, killed or lost worker says so, instead of running forever: the
+    run's own record, and an evaluation of it that was running (the seed's test; also listed in the
+    run's `evaluations` then, as cnnlab/records.py's settle_abandoned lists one). Returns what it marked."""
 
     def mark(summary: dict) -> None:
         if summary.get("status") == "running":
             summary |= {"status": "interrupted", "error": why}
 
-    if read_summary(run).get("status") == "running":
-        update_summary(run, mark)
+    marked = []
+    for directory in [run, *sorted((run / EVALUATIONS).glob("*/"))]:
+        summary = read_summary(directory)
+        if summary.get("status") != "running":
+            continue
+        update_summary(directory, mark)
+        marked.append(directory)
+        if directory != run:
+            entry = {k: summary.get(k) for k in ("subcommand", "dir", "checkpoint", "started")}
+            entry |= {"status": "interrupted", "error": why}
+            update_summary(run, lambda record, entry=entry: record.setdefault("evaluations", []).append(entry))
+    return marked
 
 
 class Launcher:

@@ -110,9 +110,10 @@ def connect(ray, given: str | None) -> str:
     if address is not None:
         check_port(address, given)
     said = (
-        f"--address {given or address}: the port answers, but no Ray cluster came up there within "
+        f"--address {given or address}: the port answers, but no Ray cluster took this driver within "
         f"{CONNECT_TIMEOUT_S:g} s. Check that it is the head's GCS port (`ray start --head` prints it; 6379 by "
-        "default), not another service's. No seed ran."
+        "default), not another service's, and that this machine is a node of that cluster (run the command on "
+        "the head, or `ray start --address HEAD:PORT` here first). No seed ran."
     )
 
     def give_up() -> None:
@@ -121,21 +122,30 @@ def connect(ray, given: str | None) -> str:
 
     watchdog = threading.Timer(CONNECT_TIMEOUT_S, give_up)
     watchdog.daemon = True
-    watchdog.start()
+    if address is not None:
+        watchdog.start()
     try:
         if address is None:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # our own instance: no usage report
             ray.init(
+                address="local",  # a new instance, even where `ray start` left its address for Ray to find
                 num_cpus=available_cpus(),
                 include_dashboard=False,
                 logging_level="ERROR",  # not Ray's notes on how a cluster could be set up: this one is ours
+                # No idle Python workers started ahead: each actor gets a process of its own anyway, and
+                # the idle ones (importing Ray as the actors import torch) only take the seeds' cores.
+                _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False},
                 log_to_driver=False,
             )
             return LOCAL_INSTANCE
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
         return f"the Ray cluster at {address}"
-    except ConnectionError as err:
-        raise CnnlabError(f"--address {given or address}: {err} No seed ran.") from None
+    except (ConnectionError, RuntimeError, ValueError) as err:  # no cluster; Ray or Python versions that differ
+        where = f"--address {given or address}" if address else "Starting a Ray instance on this machine"
+        raise CnnlabError(
+            f"{where} failed: {err} Ray's versions (and Python's) must be the same on the driver and every node. "
+            "No seed ran."
+        ) from None
     finally:
         watchdog.cancel()
 
@@ -149,7 +159,7 @@ def seed_nodes(ray, cpus: int, gpus: float) -> list[dict]:
             continue
         fits = int(have["CPU"] // cpus)
         if gpus:
-            fits = min(fits, int(have["GPU"] // gpus))
+            fits = min(fits, int(have["GPU"] / gpus + 1e-9))  # 1.0 // 0.2 is 4.0 in floating point
         nodes.append({"id": node["NodeID"], "ip": node.get("NodeManagerAddress"), "fits": fits, "resources": have})
     return nodes
 
@@ -267,9 +277,13 @@ def code_paths() -> list[str]:
 class SeedActor:
     """One slot of the sweep on a Ray node: a warm process that runs seeds one after another."""
 
-    def __init__(self, environ: dict, paths: list[str], threads: int, log: str, gpus: bool) -> None:
+    def __init__(self, environ: dict, paths: list[str], cwd: str, threads: int, log: str, gpus: bool) -> None:
         started = time.time()
         os.environ.update(environ)
+        # Relative paths of the command line and the configs (data_dir: data) mean the driver's directory,
+        # as for a local worker; a Ray worker starts wherever `ray start` ran.
+        if os.path.isdir(cwd):
+            os.chdir(cwd)
         if not gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a seed that asked Ray for no GPU uses none
         sys.path[:0] = [p for p in paths if os.path.isdir(p) and p not in sys.path]
@@ -417,7 +431,9 @@ class RayLauncher(Launcher):
 
     def _start_worker(self, slot: int) -> None:
         log = self.sweep.dir / "logs" / f"actor{slot}.log"
-        actor = self.actor_class.remote(self.environ, self.paths, self.threads, str(log), bool(self.gpus_per_seed))
+        actor = self.actor_class.remote(
+            self.environ, self.paths, os.getcwd(), self.threads, str(log), bool(self.gpus_per_seed)
+        )
         self.workers.append(Slot(slot, actor, actor.ready.remote()))
 
     def _take(self, slot: Slot, ref) -> None:
@@ -473,8 +489,11 @@ class RayLauncher(Launcher):
 
     def _lost(self, slot: Slot, err: Exception) -> None:
         """The actor is gone. Its node left the cluster: the seed runs again elsewhere (its broken
-        attempt marked interrupted). It crashed on a live node: the seed failed, as on the local pool."""
+        attempt marked interrupted). It crashed on a live node: the seed failed, as on the local pool.
+        Either way it is killed first: an actor only out of reach must not go on with the seed."""
         self.workers.remove(slot)
+        with contextlib.suppress(Exception):
+            self.ray.kill(slot.actor, no_restart=True)
         node_gone = self._node_gone(slot, err)
         if slot.seed is not None:
             if node_gone:
@@ -512,9 +531,7 @@ class RayLauncher(Launcher):
             self._store(record, {"status": "finished", **outcome_of(read_summary(found)), "error": None})
             self.session["finished"] += 1
             return
-        runs = [run for run in seed_runs(self.sweep.dir, seed) if read_summary(run).get("status") == "running"]
-        for run in runs:
-            mark_interrupted(run, why)
+        runs = [str(marked) for run in seed_runs(self.sweep.dir, seed) for marked in mark_interrupted(run, why)]
         record.history.append(
             {
                 "attempt": record.attempts,
@@ -522,7 +539,7 @@ class RayLauncher(Launcher):
                 "node": record.node,
                 "node_id": record.node_id,
                 "error": why,
-                "runs": [str(run) for run in runs],
+                "runs": runs,
                 "ended": time.time(),
             }
         )
@@ -549,11 +566,14 @@ class RayLauncher(Launcher):
     def _stop_slots(self, slots: list[Slot], status: str, why: str) -> None:
         """Kill the actors, wait until Ray says they are gone (a killed actor writes nothing more),
         then mark their seeds `status` and their open runs interrupted."""
-        for slot in slots:
+        try:
+            for slot in slots:
+                with contextlib.suppress(Exception):
+                    self.ray.kill(slot.actor, no_restart=True)
             with contextlib.suppress(Exception):
-                self.ray.kill(slot.actor, no_restart=True)
-        with contextlib.suppress(Exception):
-            self.ray.wait([s.ref for s in slots], num_returns=len(slots), timeout=STOP_GRACE_S)
+                self.ray.wait([s.ref for s in slots], num_returns=len(slots), timeout=STOP_GRACE_S)
+        except KeyboardInterrupt:  # a second Ctrl-C cuts the wait short, as on the local pool
+            pass
         for slot in slots:
             if slot in self.workers:
                 self.workers.remove(slot)

@@ -112,6 +112,7 @@ class Sweep:
             )
         if self.threads is None:
             self.threads = self.cpus_per_seed
+        self.gpus = []  # Ray gives each seed its GPUs; the local pool's share-out (and nvidia-smi) is not asked
 
     @property
     def dir(self) -> Path:
