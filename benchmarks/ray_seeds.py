@@ -27,6 +27,7 @@ from pathlib import Path
 
 from _shared_data import machine
 from seeds_distributions import BUDGET, unpacked_mnist
+from wandb_seed_runs import BUDGET as TINY_BUDGET
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,16 +36,7 @@ from cnnlab.seeds.registry import Registry, is_complete, outcome_of  # noqa: E40
 from cnnlab.seeds.sweep import parse_seeds  # noqa: E402
 
 CONFIG = ["--config=configs/mnist_classifier.yaml", "--figures=none"]
-SMALL = [  # the fault run: about two seconds a seed
-    "--config=configs/logger/csv.yaml",
-    "--trainer.max_epochs=1",
-    "--data.max_train_samples=300",
-    "--data.batch_size=50",
-    "--data.val_size=200",
-    "--data.max_eval_samples=500",
-    "--data.download=false",
-    "--trainer.enable_model_summary=false",
-]
+SMALL = ["--config=configs/logger/csv.yaml", *TINY_BUDGET]  # the fault run: about two seconds a seed
 
 
 def run_sweep(args: list[str], env: dict | None = None) -> float:

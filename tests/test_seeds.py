@@ -745,3 +745,18 @@ def test_report_names_the_seeds_it_left_out_of_a_metric_for_a_non_finite_value()
     assert rows[0]["n"] == 3
     text = markdown(results, ["test/acc"], rows, "distributions.png")
     assert "Left out of test/acc (not a finite number): seed 1." in text
+
+
+def test_workers_that_cannot_start_stop_the_sweep_with_one_paragraph(tmp_path, monkeypatch, capsys):
+    """Two workers in a row that end before they are ready (here: a Python that exits at once) mean none
+    can run a seed: one paragraph with their output, exit 2, and every seed left to run again."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'cannot import torch: broken install' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    args = ["run", *CONFIGS, "--seeds=0-2", "--jobs=1", "--threads=1", "--name=broken", f"--root={tmp_path}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "2 worker processes in a row exited with code 3 before they could run a seed" in err
+    assert "cannot import torch: broken install" in err and "Traceback" not in err
+    assert {r.status for r in records(tmp_path / "broken").values()} == {"pending"}

@@ -303,16 +303,19 @@ class Launcher:
             tail = log_tail(self.sweep.dir / "logs" / f"seed{worker.seed}.log") or "(no output)"
             self._fail(worker.seed, f"its worker process {how} (crash or out of memory); last output:\n{tail}")
         if not worker.ready:
-            self.start_failures += 1
-            if self.start_failures >= MAX_START_FAILURES:
-                log = self.sweep.dir / "logs" / f"worker{worker.slot}.log"
-                raise CnnlabError(
-                    f"{self.start_failures} worker processes in a row {how} before they could run a seed, so none "
-                    f"can. Their output ends with:\n{log_tail(log) or '(no output)'}\nFix the cause (see {log}) "
-                    "and run the same command again."
-                )
+            log = self.sweep.dir / "logs" / f"worker{worker.slot}.log"
+            self._start_failed(f"worker processes in a row {how}", f"Their output ends with:\n{log_tail(log)}", log)
         if self.queue:
             self._start_worker(worker.slot)
+
+    def _start_failed(self, what: str, said: str, log: Path) -> None:
+        """One more worker that ended before it could run a seed; MAX_START_FAILURES in a row: none can."""
+        self.start_failures += 1
+        if self.start_failures >= MAX_START_FAILURES:
+            raise CnnlabError(
+                f"{self.start_failures} {what} before they could run a seed, so none can. {said or '(no output)'}\n"
+                f"Fix the cause (see {log}) and run the same command again."
+            )
 
     def _fail(self, seed: int, error: str) -> None:
         record = self.registry.get(seed)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-from cnnlab.seeds.launcher import MAX_START_FAILURES, STOP_GRACE_S, Launcher, mark_interrupted, seed_runs
+from cnnlab.seeds.launcher import STOP_GRACE_S, Launcher, mark_interrupted, seed_runs
 from cnnlab.seeds.pool import available_cpus
 from cnnlab.seeds.registry import outcome_of
 from cnnlab.seeds.sweep import Sweep
@@ -506,14 +506,9 @@ class RayLauncher(Launcher):
                     f"output:\n{tail}",
                 )
         if not slot.ready and not node_gone:
-            self.start_failures += 1
-            if self.start_failures >= MAX_START_FAILURES:
-                log = self.sweep.dir / "logs" / f"actor{slot.slot}.log"
-                raise CnnlabError(
-                    f"{self.start_failures} Ray actors in a row died before they could run a seed, so none can. "
-                    f"The last said:\n{str(err).strip()[-3000:]}\n{log_tail(log)}\nFix the cause (the actors' logs "
-                    f"are in {self.sweep.dir / 'logs'}/) and run the same command again."
-                )
+            log = self.sweep.dir / "logs" / f"actor{slot.slot}.log"
+            said = f"The last said:\n{str(err).strip()[-3000:]}\n{log_tail(log)}"
+            self._start_failed("Ray actors in a row died", said, log)
         if self.queue:
             if not seed_nodes(self.ray, self.sweep.cpus_per_seed, self.gpus_per_seed):
                 raise CnnlabError(
