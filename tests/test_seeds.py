@@ -760,3 +760,33 @@ def test_workers_that_cannot_start_stop_the_sweep_with_one_paragraph(tmp_path, m
     assert "2 worker processes in a row exited with code 3 before they could run a seed" in err
     assert "cannot import torch: broken install" in err and "Traceback" not in err
     assert {r.status for r in records(tmp_path / "broken").values()} == {"pending"}
+
+
+# -- --backend ray, where Ray is not needed (tests/test_seeds_ray.py runs it) ----------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--backend=ray", "--gpus=0"], "--gpus shares this machine's GPUs out to the local pool's workers"),
+        (["--address=127.0.0.1:6379"], "--address is for --backend ray"),
+        (["--cpus-per-seed=2", "--gpus-per-seed=1"], "--cpus-per-seed, --gpus-per-seed are for --backend ray"),
+    ],
+)
+def test_flags_of_the_other_backend_are_refused(flags, said, mnist_root, tmp_path, capsys):
+    """Exit 2 with the paragraph that names the flag, before the sweep folder exists."""
+    args = ["run", *CONFIGS, "--seeds=0-1", "--name=flags", f"--root={tmp_path}", *flags]
+    assert main([*args, *tiny(mnist_root)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+    assert not (tmp_path / "flags").exists()
+
+
+def test_without_ray_the_backend_is_refused_naming_the_extra(monkeypatch, mnist_root, tmp_path, capsys):
+    """Exit 2, and the paragraph says how to install the extra."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as where it is not installed
+    args = ["run", *CONFIGS, "--seeds=0-1", "--name=noray", f"--root={tmp_path}", "--backend=ray"]
+    assert main([*args, *tiny(mnist_root)]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install -e ".[ray]"' in err and "Traceback" not in err
+    assert not (tmp_path / "noray").exists()

@@ -60,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--threads",
         type=int,
-        help="torch threads per worker (default: OMP_NUM_THREADS where set, else CPU cores / jobs)",
+        help="torch threads per worker (default: OMP_NUM_THREADS where set, else CPU cores / jobs; on Ray, "
+        "--cpus-per-seed)",
     )
     run.add_argument("--gpus", help="GPU ids to share out round-robin, e.g. 0,1 (default: all visible; 'none': CPU)")
     run.add_argument(

@@ -194,13 +194,17 @@ class Launcher:
                 continue
             found = self._completed_run(record.seed)
             if found is not None:
-                summary = json.loads((found / "summary.json").read_text())
-                self._store(record, {"status": "finished", **outcome_of(summary), "error": None})
+                self._adopt(record.seed, found)
             elif record.status == "running":
                 why = "the launcher stopped while this seed ran"
                 self.registry.mark([record.seed], "interrupted", why)
                 for run in seed_runs(self.sweep.dir, record.seed):
                     mark_interrupted(run, why)
+
+    def _adopt(self, seed: int, run: Path) -> None:
+        """Take a seed's completed run (found on disk, its result never received) as its result; not
+        counted as this session's work (the progress line's seconds per seed)."""
+        self._store(self.registry.get(seed), {"status": "finished", **outcome_of(read_summary(run)), "error": None})
 
     def _completed_run(self, seed: int) -> Path | None:
         for run in seed_runs(self.sweep.dir, seed):

@@ -26,10 +26,8 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 from cnnlab.seeds.launcher import STOP_GRACE_S, Launcher, mark_interrupted, seed_runs
 from cnnlab.seeds.pool import available_cpus
-from cnnlab.seeds.registry import outcome_of
 from cnnlab.seeds.sweep import Sweep
 from cnnlab.seeds.worker import log_tail
-from cnnlab.summary_files import read_summary
 
 RAY_EXTRA = 'pip install -e ".[ray]"'
 CONNECT_TIMEOUT_S = 30.0  # ray.init at an address that takes TCP connections but is no Ray cluster
@@ -390,12 +388,14 @@ class RayLauncher(Launcher):
         """Disconnect (stopping the instance where this process started it). The driver's CPU time from
         the first actor to the last result, the cost of scheduling, registry and results, goes into
         the registry's meta for benchmarks/ray_seeds.py."""
-        if hasattr(self, "cpu_started"):
-            seeds = self.session["finished"] + self.session["failed"]
-            cpu = time.process_time() - self.cpu_started
-            self.registry.set_meta(last_driver={"backend": "ray", "cpu_seconds": round(cpu, 4), "seeds": seeds})
-        with contextlib.suppress(Exception):
-            self.ray.shutdown()
+        try:
+            if hasattr(self, "cpu_started"):
+                seeds = self.session["finished"] + self.session["failed"]
+                cpu = time.process_time() - self.cpu_started
+                self.registry.set_meta(last_driver={"backend": "ray", "cpu_seconds": round(cpu, 4), "seeds": seeds})
+        finally:
+            with contextlib.suppress(Exception):
+                self.ray.shutdown()
 
     def _plan(self, done: int) -> str:
         sweep = self.sweep
@@ -458,6 +458,11 @@ class RayLauncher(Launcher):
             self._retire(slot)
             return
         seed = self.queue.pop(0)
+        found = self._completed_run(seed)
+        if found is not None:  # it completed after all (an actor of a killed driver finishing it): taken as is
+            self._adopt(seed, found)
+            self._dispatch(slot)
+            return
         info = slot.info
         self.registry.mark_running(seed, info["pid"], info["device"], info["host"], info["node_id"])
         slot.ref = slot.actor.run.remote(self._task(seed))
@@ -523,8 +528,7 @@ class RayLauncher(Launcher):
         record = self.registry.get(seed)
         found = self._completed_run(seed)
         if found is not None:
-            self._store(record, {"status": "finished", **outcome_of(read_summary(found)), "error": None})
-            self.session["finished"] += 1
+            self._adopt(seed, found)
             return
         runs = [str(marked) for run in seed_runs(self.sweep.dir, seed) for marked in mark_interrupted(run, why)]
         record.history.append(
