@@ -52,12 +52,17 @@ class EvalOutput(TypedDict, total=False):
 @runtime_checkable
 class EvaluationScores(Protocol):
     """Every cnnlab LightningModule: its evaluation steps return an `EvalOutput`, and it keeps the
-    scores of the last validation with its weights (in the checkpoint), the yardstick of thresholds."""
+    scores of the last validation with its weights (in the checkpoint); in an anomaly run (data with
+    `normal_classes`) it computes the anomaly metrics of every score itself (lightning_modules/base.py).
+
+    Optional (absent means none; LossHistogram then draws no threshold and no AUROC): `anomaly_thresholds`,
+    {score: the best-F1 threshold of the last validation}, kept in the checkpoint, and `anomaly_results`,
+    {stage: the anomaly metrics its last epoch logged}; CnnlabModule has both."""
 
     def reference_scores(self) -> dict[str, torch.Tensor]:
         """Each score of every validation sample at the last validation, float32 [N] each (all ranks,
         each sample once); {} before the first validation. In an anomaly run validation holds normal
-        samples only, so these describe normal data."""
+        and anomalous samples (held-out training images of every class)."""
         ...
 
 
@@ -179,7 +184,7 @@ class ImageData(Protocol):
     num_classes: int
     image_shape: tuple[int, int, int]
     class_names: tuple[str, ...]
-    normal_classes: list[int] | None  # anomaly runs: train/val hold only these; test holds all
+    normal_classes: list[int] | None  # anomaly runs: train holds only these; val and test hold every class
 
     def is_anomaly(self, labels: torch.Tensor) -> torch.Tensor:
         """True where a label is not a normal class (all False without normal_classes)."""
@@ -230,7 +235,7 @@ class CallbackNeeds(Protocol):
 # (`cnnlab.records.METRIC_PREFIXES`: fit train/ and val/, validate val/, test test/, predict none), so a
 # metric named otherwise reaches no summary.json, no seed report and no comparison. `cnnlab-seeds
 # report` shows val/loss, val/acc, test/loss and test/acc by default (any logged name with --metrics);
-# `compare` decides on test/acc where present; LossHistogram logs an anomaly run's `<stage>/auroc`.
+# `compare` decides on test/acc where present; an anomaly run's model logs `<stage>/auroc` (lightning_modules/base.py).
 #
 # A run's summary.json fields that cnnlab-seeds reads (cnnlab.seeds.registry.outcome_of, is_complete):
 # seed, status, metrics, run_dir, best_checkpoint, last_checkpoint, monitor, mode, best_score,

@@ -83,7 +83,8 @@ class ImageDataModule(LightningDataModule):
         data_seed: Seed of the train/val split and of the sample caps; a seed study keeps it fixed.
         augment: Random augmentation of training batches (never of validation or test).
         normalize: Standardise with the dataset's mean/std; off keeps pixels in [0, 1] (BCE targets).
-        normal_classes: Anomaly runs: train/val keep only these classes, test keeps all.
+        normal_classes: Anomaly runs: train keeps only these classes; val (held-out training images)
+            and test keep every class, the others being the anomalies (docs/anomaly.md).
         max_train_samples: Cap the training images (quick runs); None keeps all.
         max_eval_samples: Cap the validation and test images each; None keeps all.
         predict_split: Which split `predict` runs over.
@@ -267,7 +268,9 @@ class ImageDataModule(LightningDataModule):
             images, labels = self.checked_split(train=True)
             val_index, train_index = self.held_out(labels)
             train_index = self._select(train_index, labels, self.max_train_samples, normal_only=True)
-            val_index = self._select(val_index, labels, self.max_eval_samples, normal_only=True)
+            # An anomaly run validates on held-out training images of every class, normal and anomalous in
+            # the proportions of the test split (one normal digit of ten: about 10% / 90%), none trained on.
+            val_index = self._select(val_index, labels, self.max_eval_samples, normal_only=False)
             self.splits["train"] = InMemoryImages(images[train_index], labels[train_index])
             self.splits["val"] = InMemoryImages(images[val_index], labels[val_index])
         if stage in ("test", "predict", None) and "test" not in self.splits:

@@ -1,6 +1,8 @@
 """What every cnnlab LightningModule shares (cnnlab/protocol.py): evaluation steps that return their
 per-sample scores to callbacks (`EvalOutput`), so no callback runs a second forward pass; the scores
-of the last validation kept with the weights, the yardstick of thresholds at test; metrics handed to
+of the last validation kept with the weights; in an anomaly run, the anomaly metrics of every score
+(AUROC, AUPRC, best F1 and its threshold: cnnlab/anomaly_metrics.py) at every validation and test,
+whatever callbacks run, and the thresholds chosen on validation kept in the checkpoint; metrics handed to
 Lightning only when they are written (training values at the logging interval, epoch metrics once an
 epoch); the optimizer and scheduler from the CLI, kept out of checkpoints when they are Python
 callables; a default `predict_step` of per-sample scores."""
@@ -16,6 +18,7 @@ from torch import nn
 from torchmetrics import Metric
 from typing_extensions import override
 
+from cnnlab.anomaly_metrics import anomaly_report
 from cnnlab.errors import CnnlabError
 from cnnlab.gather import gather_ranks
 from cnnlab.protocol import Batch, EvalOutput, ImageData, missing
@@ -54,6 +57,43 @@ class ScoreReference(nn.Module):
         self.scores = dict(state or {})
 
 
+class AnomalyEvaluation:
+    """The scores and anomaly labels of one evaluation epoch, batch by batch on each rank; `finish`
+    gathers every rank's share (each sample once: cnnlab's evaluation samplers never pad)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._scores: dict[str, list[torch.Tensor]] = {}
+        self._anomalous: list[torch.Tensor] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._anomalous)
+
+    def update(self, scores: dict[str, torch.Tensor], is_anomaly: torch.Tensor) -> None:
+        for name, values in scores.items():
+            self._scores.setdefault(name, []).append(values.detach().float().flatten())
+        self._anomalous.append(is_anomaly.detach().bool().flatten())
+
+    def finish(self, trainer: Trainer) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(every score [N], is_anomaly [N]) of all ranks; every rank must call it."""
+        names = sorted(self._scores)
+        if trainer.world_size > 1:  # every rank gathers the same names, or the gathers would hang
+            names = trainer.strategy.broadcast(names, src=0)
+        device = trainer.strategy.root_device
+        anomalous = torch.cat(self._anomalous) if self._anomalous else torch.zeros(0, dtype=torch.bool)
+        anomalous = gather_ranks(anomalous.to(device)).cpu()
+        scores = {}
+        for name in names:
+            parts = self._scores.get(name, [])
+            local = torch.cat(parts) if parts else torch.zeros(0)
+            scores[name] = gather_ranks(local.to(device)).cpu()
+        self.reset()
+        return scores, anomalous
+
+
 class CnnlabModule(LightningModule):
     """Base of cnnlab's LightningModules. A subclass provides `per_sample_loss`, `_shared_step(batch,
     stage)` returning the `EvalOutput` of the batch (its mean loss and per-sample scores), and calls
@@ -67,6 +107,12 @@ class CnnlabModule(LightningModule):
         # hparams hold the YAML of these two (for checkpoints); the callables themselves stay here.
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.validation_reference = ScoreReference()
+        self.anomaly_evaluation = AnomalyEvaluation()
+        # Per score, the threshold of the best F1 on the last validation: the operating point a test
+        # reports precision, recall and F1 at (saved in the checkpoint by on_save_checkpoint).
+        self.anomaly_thresholds: dict[str, float] = {}
+        self.anomaly_results: dict[str, dict[str, float]] = {}  # stage -> the metrics of its last epoch
+        self._said_undefined = False
 
     @override
     def save_hyperparameters(self, *args, ignore=None, frame=None, logger: bool = True) -> None:
@@ -126,10 +172,97 @@ class CnnlabModule(LightningModule):
         module whose scores depend on such a fit recomputes them here."""
         return scores
 
+    # -- anomaly runs ------------------------------------------------------------------------------
+
+    def anomaly_run(self) -> bool:
+        """Whether this run's data has anomaly labels (a DataModule with `normal_classes`): then its
+        validation and test report the anomaly metrics of every score the steps return (an
+        AnomalyModel's `anomaly_scores`; any other model's per-sample loss, which ranks samples too)."""
+        data = getattr(self.running_trainer(), "datamodule", None)
+        return getattr(data, "normal_classes", None) is not None and callable(getattr(data, "is_anomaly", None))
+
+    def normal_mask(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """Which samples of an evaluation batch are normal, in a run whose data has normal classes
+        (validation and test hold anomalies there); None elsewhere (every sample counts)."""
+        data = getattr(self.running_trainer(), "datamodule", None)
+        if getattr(data, "normal_classes", None) is None or targets.dim() != 1 or targets.is_floating_point():
+            return None
+        return ~data.is_anomaly(targets)
+
+    def update_on_normal(self, metric: Metric, per_sample: torch.Tensor, targets: torch.Tensor) -> None:
+        """A mean metric of an evaluation stage (`<stage>/loss`) over the batch's normal samples only in
+        an anomaly run (the loss the model is trained to lower; anomalies are judged by the anomaly
+        metrics), over all of them otherwise. `per_sample` is [B], or a scalar for the whole batch."""
+        keep = self.normal_mask(targets)
+        if per_sample.dim() == 0:
+            count = len(targets) if keep is None else int(keep.sum())
+            if count:
+                metric.update(per_sample, weight=count)
+            return
+        values = per_sample if keep is None else per_sample[keep]
+        if len(values):
+            metric.update(values.mean(), weight=len(values))
+
+    def _report_anomalies(self, stage: str) -> None:
+        """Every score's AUROC, AUPRC, best F1 and its threshold over the whole split (all ranks, each
+        sample once), logged as `<stage>/<score>_<metric>`, the primary score's again as `<stage>/auroc`,
+        `auprc`, `best_f1`; a test also logs `<stage>/<score>_precision`, `_recall`, `_f1` at the
+        threshold chosen on validation, and `<stage>/f1` for the primary score. A validation keeps
+        its best-F1 thresholds for the test."""
+        if not self.anomaly_evaluation.active and not self.anomaly_run():
+            return
+        trainer = self.trainer
+        scores, anomalous = self.anomaly_evaluation.finish(trainer)
+        if not scores:
+            return
+        if anomalous.all() or not anomalous.any():
+            self._say_undefined(stage, anomalous)
+        metrics: dict[str, float] = {}
+        for name, values in scores.items():
+            threshold = self.anomaly_thresholds.get(name) if stage == "test" else None
+            report = anomaly_report(values, anomalous, threshold)
+            metrics |= {f"{stage}/{name}_{key}": value for key, value in report.items()}
+        primary = getattr(self, "primary_score", "loss")
+        for key in ("auroc", "auprc", "best_f1", "f1"):
+            if f"{stage}/{primary}_{key}" in metrics:
+                metrics[f"{stage}/{key}"] = metrics[f"{stage}/{primary}_{key}"]
+        if stage == "val" and not trainer.sanity_checking:
+            self.anomaly_thresholds = {
+                name: metrics[f"val/{name}_best_f1_threshold"]
+                for name in scores
+                if metrics[f"val/{name}_best_f1_threshold"] == metrics[f"val/{name}_best_f1_threshold"]  # not NaN
+            }
+        self.anomaly_results[stage] = metrics
+        # Every rank computed the same values from the gathered scores; 'max' keeps them exact where
+        # Lightning syncs (a mean of equal floats may round).
+        for name, value in metrics.items():
+            self.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+
+    def _say_undefined(self, stage: str, anomalous: torch.Tensor) -> None:
+        if self._said_undefined:
+            return
+        self._said_undefined = True
+        kind = "anomalous" if len(anomalous) and bool(anomalous.all()) else "normal"
+        rank_zero_warn(
+            f"{type(self).__name__}: AUROC is undefined: the {stage} split's {len(anomalous)} samples are all {kind}, "
+            "and AUROC, AUPRC and F1 need both normal and anomalous samples. They are logged as NaN "
+            f"({stage}/auroc and each score's). Evaluate on a split that holds both: more samples "
+            "(data.max_eval_samples) or normal_classes that leave some classes out."
+        )
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["anomaly_thresholds"] = dict(self.anomaly_thresholds)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.anomaly_thresholds = dict(checkpoint.get("anomaly_thresholds", {}))
+
     def reads_training_images(self, score: str) -> bool:
         """Whether this run's DataModule hands over the training images (ImageData), which the
         scores fitted to the normal training set need. A model trained without one (a plain Trainer
-        on bare DataLoaders) goes on without those scores, with one warning naming `score`."""
+        on bare DataLoaders) goes on without those fits (a k-NN score is left out, a fitted yardstick
+        keeps its unfitted default), with one warning naming `score`."""
         data = getattr(self.running_trainer(), "datamodule", None)
         if data is not None and not missing(data, ImageData):
             return True
@@ -137,8 +270,9 @@ class CnnlabModule(LightningModule):
             self._warned_no_training_images = True
             rank_zero_warn(
                 f"{type(self).__name__}: the {score} anomaly score is fitted to the normal training images, which it "
-                "reads from a cnnlab DataModule (ImageData in cnnlab/protocol.py); this run has none, so that score "
-                "is left out. Train with a DataModule from datamodules/ to have it."
+                "reads from a cnnlab DataModule (ImageData in cnnlab/protocol.py); this run has none, so the scores "
+                "fitted there go without the fit (a k-NN score is left out, a Gaussian or Dirichlet keeps its "
+                "unfitted default). Train with a DataModule from datamodules/ to have them."
             )
         return False
 
@@ -210,19 +344,36 @@ class CnnlabModule(LightningModule):
     @override
     def on_validation_epoch_start(self) -> None:
         self.validation_reference.reset()
+        self.anomaly_evaluation.reset()
+
+    @override
+    def on_test_epoch_start(self) -> None:
+        self.anomaly_evaluation.reset()
+
+    def _collect_anomalies(self, outputs: EvalOutput, batch: Batch) -> None:
+        normal = self.normal_mask(batch[1])  # None unless the data has normal classes and labels
+        if normal is not None and outputs.get("scores"):
+            self.anomaly_evaluation.update(outputs["scores"], ~normal)
 
     @override
     def on_validation_batch_end(self, outputs: EvalOutput, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_reference.update(outputs["scores"])
+        self._collect_anomalies(outputs, batch)
+
+    @override
+    def on_test_batch_end(self, outputs: EvalOutput, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect_anomalies(outputs, batch)
 
     @override
     def on_validation_epoch_end(self) -> None:
         self.log_epoch("val")
         self.validation_reference.finish(self.final_reference)
+        self._report_anomalies("val")
 
     @override
     def on_test_epoch_end(self) -> None:
         self.log_epoch("test")
+        self._report_anomalies("test")
 
     @override
     def configure_optimizers(self):

@@ -180,7 +180,7 @@ def test_a_primary_score_the_model_does_not_have_is_refused_at_instantiation(mni
     """Before, a primary score missing from the model's scores failed at the first validation."""
     data = MNISTDataModule(data_dir=str(mnist_root), normalize=False)
     knn_primary = type("KnnAutoEncoder", (AutoEncoder,), {"primary_score": "knn"})
-    check_configuration(knn_primary(channels=(4,), latent_dim=2), data, [LossHistogram()])
+    check_configuration(knn_primary(channels=(4,), latent_dim=2, knn_k=5), data, [LossHistogram()])
     with pytest.raises(CnnlabError, match=r"KnnAutoEncoder.primary_score is 'knn', but its anomaly scores are \["):
         check_configuration(knn_primary(channels=(4,), latent_dim=2, knn_k=0), data, [LossHistogram()])
 

@@ -20,7 +20,7 @@ from cnnlab.seeds import stats
 from cnnlab.seeds.registry import REGISTRY, Registry, SeedRecord
 
 DEFAULT_METRICS = ("val/loss", "val/acc", "test/loss", "test/acc")
-ANOMALY_METRIC = "test/auroc"  # LossHistogram logs the anomaly model's primary score's AUROC under this name
+ANOMALY_METRIC = "test/auroc"  # an anomaly run's model logs its primary score's AUROC under this name
 MAX_BINS = 40
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
@@ -143,11 +143,11 @@ def primary_metric(results: SweepResults) -> str | None:
 
     Read from the seeds' records (summary.json and its test record, or the W&B runs), not from the
     model class: the report imports no model and may read runs of other machines; the class's
-    `primary_score` names a score ('combined'), not a metric, and becomes one only where LossHistogram
-    ran on a split with normal classes, which is exactly when a record holds `test/auroc` (by the
+    `primary_score` names a score ('combined'), not a metric, and becomes one only where the model was
+    tested on a split with normal classes, which is exactly when a record holds `test/auroc` (by the
     protocol, the primary score's AUROC). The monitor is what the run chose its best weights by, so it
-    is the model's measure for every other model; for anomaly models it is val/loss (validation holds
-    normal images only: no AUROC there), which is why test/auroc is looked for first."""
+    is the model's measure for every other model; for anomaly models it is usually val/loss (the loss
+    of the normal validation images), which is why test/auroc is looked for first."""
     have = results.metric_names
     if ANOMALY_METRIC in have:
         return ANOMALY_METRIC
