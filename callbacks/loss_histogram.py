@@ -1,7 +1,9 @@
 """LossHistogram: the per-sample scores of a whole validation or test split, as the evaluation steps
-computed them (protocol: EvalOutput), gathered across ranks with every sample exactly once: histograms
-of normal vs anomalous samples, a threshold from the normal validation scores, AUROC/AUPRC and
-precision/recall/F1 at the threshold, the most typical and most anomalous samples, and a per-sample CSV.
+computed them (protocol: EvalOutput), gathered across ranks with every sample exactly once, drawn:
+histograms (normal vs anomalous samples in an anomaly run, per class otherwise), the most typical and
+most anomalous samples, and a per-sample CSV. It computes and logs no metric: the anomaly metrics
+(AUROC, AUPRC, best F1 and its threshold) are the model's, computed at every validation and test
+whatever callbacks run (lightning_modules/base.py, docs/anomaly.md); the figures show the model's.
 """
 
 import math
@@ -10,7 +12,6 @@ from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from typing_extensions import override
 
@@ -56,63 +57,29 @@ def loader_order(loader: DataLoader, who: str) -> list[int]:
     return [int(i) for i in sampler]
 
 
-UNDEFINED = float("nan")  # a metric the split cannot define, logged as such rather than left out
-DEFAULT_PERCENTILE = 95.0
-
-
-def binary_report(scores: torch.Tensor, is_anomaly: torch.Tensor, threshold: float | None) -> dict[str, float]:
-    """AUROC, AUPRC (average precision) and precision/recall/F1 of 'score > threshold', anomalies
-    as the positive class. NaN (undefined) when the split has only one kind of sample: no ranking
-    of normal against anomalous samples exists, and a torchmetrics 0 would read as a result."""
-    from torchmetrics.functional.classification import (
-        binary_auroc,
-        binary_average_precision,
-        binary_f1_score,
-        binary_precision,
-        binary_recall,
-    )
-
-    target = is_anomaly.long()
-    if len(target) == 0 or target.min() == target.max():
-        keys = ("auroc", "auprc") + (("precision", "recall", "f1") if threshold is not None else ())
-        return dict.fromkeys(keys, UNDEFINED)
-    # torchmetrics reads scores outside [0, 1] as logits and applies a sigmoid, which rounds large
-    # losses to 1.0 in float32 and creates false ties; a min-max map in float64 keeps every order.
-    s = scores.double()
-    ranked = (s - s.min()) / (s.max() - s.min()).clamp_min(1e-300)
-    report = {"auroc": float(binary_auroc(ranked, target)), "auprc": float(binary_average_precision(ranked, target))}
-    if threshold is not None:
-        flagged = (scores > threshold).long()
-        report |= {
-            "precision": float(binary_precision(flagged, target)),
-            "recall": float(binary_recall(flagged, target)),
-            "f1": float(binary_f1_score(flagged, target)),
-        }
-    return report
-
-
 class LossHistogram(FigureCallback):
-    """Per-sample scores of whole splits at validation and test end.
+    """Draws the per-sample scores of whole splits at validation and test end.
 
     The scores are those the model's validation and test steps return (`EvalOutput["scores"]`: its
     `per_sample_loss` as 'loss', and an anomaly model's every score), collected as the batches go:
     no second forward pass. At the end of the split they are gathered from all ranks and put in
-    dataset order, each sample once.
+    dataset order, each sample once. With figures off (a sweep's later seeds) it collects nothing.
 
-    With `data.normal_classes` set, samples of other classes are anomalies: the threshold is the
-    `percentile` of the normal validation scores (at test, those the model kept from its last
-    validation: `reference_scores()`), and per score `<stage>/<score>_auroc`, `_auprc`, `_threshold`,
-    `_precision`, `_recall`, `_f1` are logged, and the model's primary score again as `<stage>/auroc`,
-    `<stage>/auprc`, `<stage>/f1` (so they reach summary.json). A test split with only normal (or
-    only anomalous) samples logs them as NaN, with one warning: AUROC is undefined there. Without
-    normal classes the histogram is drawn per class (or all together) and no AUROC is computed.
+    It draws after the model's own epoch end (in `on_validation_end`/`on_test_end`: Lightning calls a
+    callback's `on_*_epoch_end` before the module's), so it shows what the model computed for this
+    split. With `data.normal_classes` set, samples of other classes are anomalies: the histograms
+    show normal against anomalous samples, the dashed line is the model's best-F1 threshold of the
+    last validation (`anomaly_thresholds`), the titles its AUROC and AUPRC of this split and, at
+    test, its precision/recall/F1 at that threshold (`anomaly_results`; lightning_modules/base.py,
+    docs/anomaly.md). Where the model gives none, no line or AUROC is drawn. Without normal classes
+    the histogram is drawn per class (or all together).
 
-    Files: `figures/<stage>_loss_histogram/`, `<stage>_extremes/` and `<stage>_per_sample_scores/`, one
-    per validation epoch during fit (`epoch<NNN>`, from 0 like the progress bar), `test` and `validate`
+    Files: `figures/<stage>_loss_histogram/`, `<stage>_extremes/` and `<stage>_per_sample_scores/`
+    (a CSV, with a `flagged` column, score >= threshold, where there is a threshold), one per
+    validation epoch during fit (`epoch<NNN>`, from 0 like the progress bar), `test` and `validate`
     for those commands.
 
     Args:
-        percentile: Threshold = this percentile of the normal validation scores (with normal classes only).
         score: The score that picks the most typical/anomalous samples and the 'flagged' column;
             None: the model's primary score (`primary_score`, else 'loss').
         bins: Histogram bins (shared by all groups of one score).
@@ -121,8 +88,8 @@ class LossHistogram(FigureCallback):
         log_y: Log count axis, so a few outliers stay visible next to the bulk.
         per_class: Without normal classes, one histogram per class instead of one for all.
         num_extremes: How many most typical and most anomalous samples to show.
-        every_n_epochs: During fit, report every n-th validation epoch (and the last).
-        stages: Which of 'val' and 'test' to report.
+        every_n_epochs: During fit, draw every n-th validation epoch (and the last).
+        stages: Which of 'val' and 'test' to draw.
         wandb_table_max_rows: Longest split sent to W&B as a table (the CSV always has every row).
     """
 
@@ -131,7 +98,6 @@ class LossHistogram(FigureCallback):
 
     def __init__(
         self,
-        percentile: float = DEFAULT_PERCENTILE,
         score: str | None = None,
         bins: int = 60,
         log_x: bool | None = None,
@@ -144,42 +110,27 @@ class LossHistogram(FigureCallback):
     ) -> None:
         super().__init__(every_n_epochs)
         stages = ["val", "test"] if stages is None else list(stages)
-        if not 0 < percentile < 100:
-            raise CnnlabError(f"LossHistogram percentile must lie between 0 and 100 (e.g. 95), got {percentile}.")
         if bins < 1 or num_extremes < 0 or not set(stages) <= {"val", "test"}:
             raise CnnlabError(
                 f"LossHistogram got bins={bins}, num_extremes={num_extremes}, stages={stages}; expected "
                 "bins >= 1, num_extremes >= 0 and stages from ['val', 'test']."
             )
-        self.percentile, self.score, self.bins = percentile, score, bins
+        self.score, self.bins = score, bins
         self.log_x, self.log_y, self.per_class = log_x, log_y, per_class
         self.num_extremes, self.stages = num_extremes, stages
         self.wandb_table_max_rows = wandb_table_max_rows
         self._active = False
         self._order: list[int] = []
         self._batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
-        self._said_undefined = False
-
-    @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        # Without normal classes the histograms need no word (nothing is anomalous, and they say what
-        # they show); only a setting that cannot act is named, once, before the progress bar starts.
-        if self.percentile != DEFAULT_PERCENTILE and trainer.datamodule.normal_classes is None:
-            rank_zero_warn(
-                f"LossHistogram: percentile is {self.percentile:g}, but data.normal_classes is not set, so no "
-                "sample counts as anomalous and there is no threshold for it to place: it has no effect. Set "
-                "data.normal_classes for an anomaly report, or leave percentile out."
-            )
 
     # -- collecting ------------------------------------------------------------------------------
 
     def _start(self, trainer: Trainer, stage: str, loaders) -> None:
         self._batches = []
-        # With figures off (a sweep's later seeds) only an anomaly report has anything to compute.
-        useful = self.drawing or trainer.datamodule.normal_classes is not None
+        # The same on every rank (figures on or off is one setting for the run), so either every rank
+        # reaches the gather at the end or none does.
         self._active = (
-            useful
+            self.drawing
             and stage in self.stages
             and not trainer.sanity_checking
             and (not self.fitting(trainer) or self.due(trainer))
@@ -216,15 +167,17 @@ class LossHistogram(FigureCallback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
         self._collect(pl_module, outputs, batch, dataloader_idx)
 
+    # Not on_*_epoch_end: Lightning calls the callbacks' before the module's, whose anomaly metrics
+    # and thresholds the figures show. on_*_end comes after both, on every rank (the gather is collective).
     @override
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._active:
-            self._report(trainer, pl_module, "val", self._gather(trainer, pl_module))
+            self._draw(trainer, pl_module, "val", self._gather(trainer, pl_module))
 
     @override
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._active:
-            self._report(trainer, pl_module, "test", self._gather(trainer, pl_module))
+            self._draw(trainer, pl_module, "test", self._gather(trainer, pl_module))
 
     def _gather(self, trainer: Trainer, pl_module: LightningModule) -> SplitScores:
         """This rank's batches -> every rank's samples in dataset order, duplicates dropped."""
@@ -258,12 +211,12 @@ class LossHistogram(FigureCallback):
             is_anomaly=trainer.datamodule.is_anomaly(label).cpu(),
         )
 
-    # -- reporting -------------------------------------------------------------------------------
+    # -- drawing ---------------------------------------------------------------------------------
 
     def _primary(self, pl_module: LightningModule) -> str:
         return pl_module.primary_score if isinstance(pl_module, AnomalyModel) else "loss"
 
-    def _report(self, trainer: Trainer, pl_module: LightningModule, stage: str, split: SplitScores) -> None:
+    def _draw(self, trainer: Trainer, pl_module: LightningModule, stage: str, split: SplitScores) -> None:
         if not split.scores:
             return
         shown = self.score or self._primary(pl_module)
@@ -272,57 +225,20 @@ class LossHistogram(FigureCallback):
                 f"LossHistogram.score is '{shown}', but {type(pl_module).__name__} offers the scores "
                 f"{sorted(split.scores)}. Set score to one of them."
             )
-        anomaly_split = trainer.datamodule.normal_classes is not None
-        thresholds: dict[str, float] = {}
-        metrics: dict[str, float] = {}
-        if anomaly_split:
-            # At validation the split itself; at test the validation scores of these weights, which the
-            # model kept (validation holds normal samples only in an anomaly run).
-            reference = {n: v[~split.is_anomaly] for n, v in split.scores.items()} if stage == "val" else {}
-            reference = reference or pl_module.reference_scores()
-            for name, values in reference.items():
-                if len(values):
-                    thresholds[name] = float(torch.quantile(values.double(), self.percentile / 100))
-            # Validation holds normal samples only, by design: it sets thresholds and claims no AUROC.
-            # A test split (or a validation one that has both kinds) always reports it, as NaN where the
-            # split cannot define it, so a missing number is never mistaken for a forgotten one.
-            both_kinds = bool(split.is_anomaly.any()) and not bool(split.is_anomaly.all())
-            if stage == "test" or both_kinds:
-                if not both_kinds:
-                    self._say_undefined(stage, split)
-                for name, values in split.scores.items():
-                    report = binary_report(values, split.is_anomaly, thresholds.get(name))
-                    metrics |= {f"{stage}/{name}_{key}": value for key, value in report.items()}
-            metrics |= {f"{stage}/{n}_threshold": value for n, value in thresholds.items() if n in split.scores}
-            primary = self._primary(pl_module)
-            metrics |= {
-                f"{stage}/{key}": metrics[f"{stage}/{primary}_{key}"]
-                for key in ("auroc", "auprc", "f1")
-                if f"{stage}/{primary}_{key}" in metrics
-            }
-        # Every rank holds the same gathered scores and logs the same value; 'max' keeps it exact
-        # where Lightning syncs (a mean of equal floats may round), and no rank is left out.
-        for name, value in metrics.items():
-            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
-        if self.draws(trainer):
-            self._draw(trainer, stage, split, thresholds, metrics, anomaly_split, shown)
-
-    def _say_undefined(self, stage: str, split: SplitScores) -> None:
-        if self._said_undefined:
+        if not self.draws(trainer):
             return
-        self._said_undefined = True
-        kind = "anomalous" if len(split.label) and bool(split.is_anomaly.all()) else "normal"
-        classes = sorted({int(c) for c in split.label.tolist()})
-        rank_zero_warn(
-            f"LossHistogram: AUROC is undefined: the {stage} split's {len(split.label)} samples are all {kind} "
-            f"(classes {classes}), and AUROC, AUPRC and precision/recall/F1 need both normal and anomalous "
-            f"samples. They are logged as NaN ({stage}/auroc and each score's). Test on a split that holds "
-            "both: more samples (data.max_eval_samples) or normal_classes that leave some classes out."
-        )
-
-    def _draw(
-        self, trainer: Trainer, stage: str, split: SplitScores, thresholds, metrics, anomaly_split, shown
-    ) -> None:
+        # The model's, of this split: its best-F1 thresholds of the last validation and its metrics
+        # (lightning_modules/base.py). Only in an anomaly run: a checkpoint of one tested without
+        # normal classes still holds thresholds, which mean nothing for a per-class histogram.
+        anomaly_split = trainer.datamodule.normal_classes is not None
+        thresholds, metrics = {}, {}
+        if anomaly_split:
+            thresholds = {
+                name: float(value)
+                for name, value in getattr(pl_module, "anomaly_thresholds", {}).items()
+                if name in split.scores and math.isfinite(value)
+            }
+            metrics = getattr(pl_module, "anomaly_results", {}).get(stage, {})
         name_of = lambda c: self.class_name(trainer, c)  # noqa: E731
         # During fit a file per epoch (epoch<NNN>); a validate or test names its files after itself,
         # as the other figure callbacks do: its epoch counter says nothing about the weights.
@@ -340,9 +256,9 @@ class LossHistogram(FigureCallback):
             self.draw_figure(trainer, f"{stage}/extremes", extremes, tag=tag)
         columns = ["index", "label", *split.scores, "is_anomaly"]
         extra = []
-        if shown in thresholds:  # what the threshold decides for each sample
+        if shown in thresholds:  # what the threshold decides for each sample, as the model counts it
             columns.append("flagged")
-            extra = [(values > thresholds[shown]).tolist()]
+            extra = [(values.double() >= thresholds[shown]).tolist()]  # in float64, as anomaly_report
         table = [split.index.tolist(), split.label.tolist(), *(v.tolist() for v in split.scores.values())]
         table += [split.is_anomaly.tolist(), *extra]
         rows = [list(row) for row in zip(*table, strict=True)]
@@ -351,6 +267,8 @@ class LossHistogram(FigureCallback):
 
 
 # -- figures (matplotlib imported here, not at start-up) ----------------------------------------
+
+REPORTED = ("auroc", "auprc", "best_f1", "precision", "recall", "f1")  # the model's metrics a title shows
 
 
 def _bin_edges(values: torch.Tensor, bins: int, log: bool):
@@ -398,17 +316,18 @@ def _histograms(callback: LossHistogram, split: SplitScores, thresholds, metrics
                 thresholds[name],
                 color="black",
                 linestyle="--",
-                label=f"threshold {thresholds[name]:.3g}\n({callback.percentile:g}th pct of normal val)",
+                label=f"best-F1 threshold on validation\n{thresholds[name]:.3g}",
             )
         lines = [f"{stage}: {name} of {len(values)} samples"]
-        auroc = metrics.get(f"{stage}/{name}_auroc")
-        if auroc is not None and math.isnan(auroc):
+        found = {key: float(metrics[f"{stage}/{name}_{key}"]) for key in REPORTED if f"{stage}/{name}_{key}" in metrics}
+        if "auroc" in found and math.isnan(found["auroc"]):
             lines.append("AUROC undefined: the split has only one kind of sample")
-        elif auroc is not None:
-            lines.append(f"AUROC {auroc:.3f}, AUPRC {metrics[f'{stage}/{name}_auprc']:.3f}")
-        if auroc is not None and not math.isnan(auroc) and f"{stage}/{name}_f1" in metrics:
-            p, r, f1 = (metrics[f"{stage}/{name}_{k}"] for k in ("precision", "recall", "f1"))
-            lines[-1] += f"; at threshold P {p:.2f} R {r:.2f} F1 {f1:.2f}"
+        elif "auroc" in found:
+            lines.append(f"AUROC {found['auroc']:.3f}, AUPRC {found['auprc']:.3f}")
+            if stage == "test" and "f1" in found:
+                lines[-1] += f"; at threshold P {found['precision']:.2f} R {found['recall']:.2f} F1 {found['f1']:.2f}"
+            elif stage == "val" and "best_f1" in found:
+                lines[-1] += f"; best F1 {found['best_f1']:.2f}"
         if log_x:
             axis.set_xscale("log")
         if callback.log_y:

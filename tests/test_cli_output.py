@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -155,22 +154,6 @@ def fit_two_epochs(model, callback, mnist_root, tmp_path, heard) -> list[str]:
     )
     trainer.fit(model, dm)
     return seen.said
-
-
-def test_a_loss_histogram_setting_that_cannot_act_is_named_once_before_training(mnist_root, tmp_path):
-    """A percentile places the anomaly threshold; without normal classes there is none to place. The
-    warning comes at setup, before any progress bar, and once, not at every validation."""
-    from tiny_autoencoder import TinyAutoEncoder
-
-    from callbacks import LossHistogram
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        heard = lambda: [str(w.message) for w in caught]  # noqa: E731
-        said = fit_two_epochs(TinyAutoEncoder(), LossHistogram(percentile=90), mnist_root, tmp_path, heard)
-    about = [str(w.message) for w in caught if "LossHistogram" in str(w.message)]
-    assert len(about) == 1 and "percentile is 90" in about[0] and "normal_classes" in about[0], about
-    assert about[0] in said  # said before the sanity check, where the first progress bar would start
 
 
 def test_filters_on_a_model_without_a_convolution_say_so_before_training(mnist_root, tmp_path, caplog):

@@ -1,6 +1,7 @@
 """LatentSpaceScatter, LatentInterpolationGIF and FilterAndFeatureMaps on a tiny trained conv
 autoencoder: the files they write, what the pictures are made of, and the loggers they reach."""
 
+import csv
 import types
 from pathlib import Path
 
@@ -196,8 +197,8 @@ def test_bad_settings_are_explained():
         LatentInterpolationGIF(pairs=[[1, 2, 3]])
     with pytest.raises(CnnlabError, match="conv_settings"):
         FilterAndFeatureMaps(conv_settings=[[0, 1]])
-    with pytest.raises(CnnlabError, match="percentile"):
-        LossHistogram(percentile=100)
+    with pytest.raises(CnnlabError, match="bins"):
+        LossHistogram(bins=0)
 
 
 def test_tensorboard_and_wandb_offline_receive_every_figure(mnist_root, tmp_path, fresh_wandb):
@@ -242,10 +243,9 @@ def test_figures_are_written_without_a_collective_call(tmp_path, monkeypatch):
 def test_callback_settings_in_yaml_decide_what_the_callbacks_draw(run_cli, mnist_root, tmp_path, monkeypatch):
     """Each callback configured in a YAML file (over the config's own list) through train.py: the
     figures of a fit and a test follow the settings given there, not the defaults."""
-    from conftest import last_evaluation, only_run, summary_of, tiny_cli_args
+    from conftest import last_evaluation, only_run, tiny_cli_args
 
     from callbacks import filters_and_feature_maps, latent_scatter
-    from lightning_modules import AutoEncoder
 
     (tmp_path / "figures.yaml").write_text(
         """
@@ -256,7 +256,7 @@ trainer:
     - class_path: callbacks.LatentInterpolationGIF
       init_args: {pairs: [[3, 8]], methods: [slerp], steps: 5, scale: 1}
     - class_path: callbacks.LossHistogram
-      init_args: {percentile: 80, stages: [test]}
+      init_args: {score: loss, stages: [test]}
     - class_path: callbacks.FilterAndFeatureMaps
       init_args: {kernel_size: 3, num_random_kernels: 2, conv_settings: [[1, 1], [2, 0]]}
 """
@@ -291,12 +291,14 @@ trainer:
     assert frames.shape[:3] == (2 * 5 - 2, 28, 28)
     # the random kernels: two 3x3 kernels under exactly the two (stride, padding) settings
     assert drawn["kernels"] == [((2, 3, 3), [(1, 1), (2, 0)])] * 2  # once in fit, once at test
-    # LossHistogram on the test stage only, its threshold the 80th percentile of the kept validation scores
+    # LossHistogram on the test stage only; its 'flagged' column is of the score the YAML names, at the
+    # best-F1 threshold the checkpoint's last validation chose (the model's, kept in the checkpoint)
     assert not (run / "figures" / "val_loss_histogram").exists()
     assert list((tested / "figures" / "test_loss_histogram").glob("*.png"))
-    reference = AutoEncoder.load_from_checkpoint(run / "checkpoints" / "best.ckpt").reference_scores()["loss"]
-    threshold = summary_of(tested)["metrics"]["test/loss_threshold"]
-    assert threshold == pytest.approx(torch.quantile(reference.double(), 0.80).item(), rel=1e-5)
+    threshold = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)["anomaly_thresholds"]["loss"]
+    with open(tested / "figures" / "test_per_sample_scores" / "test.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["flagged"] == "True" for r in rows] == [float(r["loss"]) >= threshold for r in rows]
 
 
 def test_the_scatter_draws_the_points_it_is_given_in_class_colours():
