@@ -1,7 +1,7 @@
 """AutoEncoder: a convolutional encoder to a latent code and a decoder back (networks/autoencoder.py),
 trained on the reconstruction error of each image; its anomaly scores are that error, the code's
-distance to the codes of (normal) validation images, the two combined, and the k-NN distance to the
-codes of the normal training images (latent_scores.py, nearest_neighbours.py)."""
+distance to a Gaussian fitted to the codes of the normal training images, the two combined, and, with
+knn_k above 0, the k-NN distance to those codes (latent_scores.py, nearest_neighbours.py)."""
 
 from typing import Literal
 
@@ -36,13 +36,17 @@ class AutoEncoder(CnnlabModule):
         reconstruction_loss: bce (Bernoulli likelihood on pixels in [0, 1], summed over pixels: nats
             per image; needs data.normalize false) or mse (squared error summed over pixels).
         knn_k: Neighbours of the `knn` anomaly score: the mean distance of a code to its knn_k nearest
-            codes of the (normal) training images, refitted at each validation; 0 turns it off.
+            codes of the (normal) training images, refitted at each validation; 0 (the default) turns it
+            off, as a run on every class has no use for it (the anomaly configs set 5).
         knn_metric: euclidean or cosine distance between codes for `knn`.
         optimizer: Optimizer factory (class_path + init_args in YAML).
         lr_scheduler: Scheduler factory; OneCycleLR gets total_steps from the trainer.
     """
 
     primary_score = "combined"
+    # The Gaussians behind latent_distance and combined are fitted; a subclass whose scores use neither
+    # (Deep SVDD) says False and skips their pass over the training images.
+    uses_latent_gaussians = True
 
     def __init__(
         self,
@@ -51,7 +55,7 @@ class AutoEncoder(CnnlabModule):
         channels: tuple[int, ...] = (32, 64, 128),
         upsample: Upsampling = "nearest",
         reconstruction_loss: ReconstructionLoss = "bce",
-        knn_k: int = 5,
+        knn_k: int = 0,
         knn_metric: Metric = "euclidean",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -74,7 +78,6 @@ class AutoEncoder(CnnlabModule):
         # training step here (benchmarks/autoencoder_speed.py).
         self.to(memory_format=torch.channels_last)
         self.latent_scores = LatentScores(latent_dim, knn_k, knn_metric)
-        self._val_codes: torch.Tensor | None = None  # this rank's validation codes, at epoch end
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
 
     def build_encoder(self, image_shape: tuple[int, int, int], channels: tuple[int, ...], latent_dim: int) -> nn.Module:
@@ -107,9 +110,7 @@ class AutoEncoder(CnnlabModule):
     def anomaly_scores(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Per-image anomaly scores, float32 [B] each, larger = more anomalous: `loss` (the
         reconstruction error, = per_sample_loss), `latent_distance`, `combined` and `knn` (LatentScores)."""
-        images, _ = batch
-        z = self.encode(images)
-        return self.latent_scores.scores(z, self.reconstruction_error(self.decoder(z), images))
+        return self.latent_scores.scores(*self.codes_and_losses(batch[0]))
 
     def score_names(self) -> tuple[str, ...]:
         return self.latent_scores.names()
@@ -129,17 +130,20 @@ class AutoEncoder(CnnlabModule):
             error = (output - images).square()
         return error.flatten(1).sum(1)
 
+    def codes_and_losses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The code [B, D] and the per-image loss [B] of each image, as `anomaly_scores` sees them."""
+        z = self.encode(images)
+        return z, self.reconstruction_error(self.decoder(z), images)
+
     def _shared_step(self, batch: Batch, stage: str) -> EvalOutput:
-        images, _ = batch
+        images, targets = batch
         z = self.encode(images)
         errors = self.reconstruction_error(self.decoder(z), images)
         loss = errors.mean()
         if stage == "train":
             self.log_step("train/loss", loss, prog_bar=True)
             return {"loss": loss}
-        if stage == "val":
-            self.latent_scores.update(z, errors)
-        getattr(self, f"{stage}_loss").update(loss, weight=len(images))
+        self.update_on_normal(getattr(self, f"{stage}_loss"), errors.detach(), targets)
         return {"loss": loss, "scores": self.latent_scores.scores(z.detach(), errors.detach())}
 
     def epoch_metrics(self, stage: str) -> dict:
@@ -148,28 +152,28 @@ class AutoEncoder(CnnlabModule):
     @override
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
-        self.latent_scores.reset()
+        fitting = self.trainer.state.fn == "fit"
         neighbours = self.latent_scores.neighbours
-        # During fit every validation refits the bank to the weights it validates (any epoch's
-        # checkpoint may become the best); `validate` of a checkpoint keeps the bank it carries.
-        refit = neighbours is not None and (self.trainer.state.fn == "fit" or not neighbours.fitted)
+        # During fit every validation refits the bank and the Gaussians to the weights it validates (any
+        # epoch's checkpoint may become the best); `validate` of a checkpoint keeps what it carries.
+        refit = neighbours is not None and (fitting or not neighbours.fitted)
         if refit and self.reads_training_images("knn"):
             neighbours.fit(self.over_training_images(self.encode, neighbours.bank_indices))
+        if fitting and self.uses_latent_gaussians and self.reads_training_images("latent_distance"):
+            self.fit_latent_gaussians()
 
-    @override
-    def on_validation_epoch_end(self) -> None:
-        # Refit on this epoch's validation images, before ModelCheckpoint saves (on_validation_end),
-        # so a checkpoint's yardsticks always match its weights.
-        self._val_codes = self.latent_scores.fit(reduce=lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
-        super().on_validation_epoch_end()
+    def fit_latent_gaussians(self) -> None:
+        """Fit the Gaussians of the codes and of the per-image losses on (up to FIT_IMAGES of) the normal
+        training images: the anomaly scores then measure "unexpected" against what the model was
+        trained on, not against the validation images (which hold anomalies in an anomaly run)."""
+        dim = self.latent_dim
 
-    @override
-    def final_reference(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # The step scored each code against the previous epoch's fit; the reference uses this epoch's.
-        codes, self._val_codes = self._val_codes, None
-        if codes is None or len(codes) != len(scores.get("loss", ())):
-            return scores
-        return {**scores, **self.latent_scores.scores(codes, scores["loss"])}
+        def packed(images: torch.Tensor) -> torch.Tensor:  # one tensor, as over_training_images concatenates
+            codes, losses = self.codes_and_losses(images)
+            return torch.cat([codes.float(), losses.float()[:, None]], dim=1)
+
+        values = self.over_training_images(packed, self.latent_scores.fit_indices)
+        self.latent_scores.fit(values[:, :dim], values[:, dim])
 
     @override
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:

@@ -85,12 +85,17 @@ class ImageClassifier(CnnlabModule):
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
             self.log_step("train/loss", loss, prog_bar=True)
             return {"loss": loss}
-        getattr(self, f"{stage}_acc").update(logits, labels)  # the epoch's accuracy, logged at its end
+        # The epoch's accuracy and loss, logged at its end, over the normal images only in an anomaly run
+        # (the classes the model was trained on); MeanMetric weighs by samples, exact across ranks.
+        normal = self.normal_mask(labels)
+        accuracy = getattr(self, f"{stage}_acc")
+        if normal is None:
+            accuracy.update(logits, labels)
+        elif normal.any():
+            accuracy.update(logits[normal], labels[normal])
         per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
-        loss = per_sample.mean()
-        # MeanMetric weighs by samples, exact across ranks and a short last batch
-        getattr(self, f"{stage}_loss").update(loss, weight=len(labels))
-        return {"loss": loss, "scores": {"loss": per_sample}}
+        self.update_on_normal(getattr(self, f"{stage}_loss"), per_sample, labels)
+        return {"loss": per_sample.mean(), "scores": {"loss": per_sample}}
 
     @override
     def on_train_epoch_end(self) -> None:

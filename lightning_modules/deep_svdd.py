@@ -57,9 +57,11 @@ class DeepSVDD(AutoEncoder):
             initialised encoder, the paper's "no pretraining" ablation).
         centre_eps: Coordinates of c closer to 0 than this are set to +-centre_eps.
         radius_warmup_epochs: soft-boundary: SVDD epochs before R is first updated (R starts at 0).
+        knn_k: As the AutoEncoder's, but on by default (5): Deep SVDD is always an anomaly model.
     """
 
     primary_score = "distance"
+    uses_latent_gaussians = False  # its scores are the distance to c, the objective and knn
 
     def __init__(
         self,
@@ -69,9 +71,10 @@ class DeepSVDD(AutoEncoder):
         pretrain_epochs: int = 10,
         centre_eps: float = 0.1,
         radius_warmup_epochs: int = 2,
+        knn_k: int = 5,
         **kwargs,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, knn_k=knn_k, **kwargs)
         self.save_hyperparameters()
         if objective not in ("one-class", "soft-boundary") or not 0 < nu <= 1 or pretrain_epochs < 0:
             raise CnnlabError(
@@ -157,13 +160,13 @@ class DeepSVDD(AutoEncoder):
 
     @override
     def _shared_step(self, batch: Batch, stage: str) -> EvalOutput:
-        images, _ = batch
+        images, targets = batch
         z = self.encode(images)
         if self.pretraining:
             losses = self.reconstruction_error(self.decoder(z), images)
             loss = losses.mean()
             if stage != "train":
-                getattr(self, f"{stage}_reconstruction").update(loss, weight=len(images))
+                self.update_on_normal(getattr(self, f"{stage}_reconstruction"), losses.detach(), targets)
         else:
             distance = self.distance(z)
             losses = self.svdd_loss(distance)
@@ -173,8 +176,10 @@ class DeepSVDD(AutoEncoder):
         if stage == "train":
             self.log_step("train/loss", loss, prog_bar=True)
             return {"loss": loss}
-        objective = loss.new_tensor(float("inf")) if self.pretraining else loss  # no SVDD loss before c is set
-        getattr(self, f"{stage}_loss").update(objective, weight=len(images))
+        # No SVDD loss before c is set: +inf, so no pretraining checkpoint is ever the best. Over the
+        # normal images only, in an anomaly run (update_on_normal).
+        objective = loss.new_tensor(float("inf")) if self.pretraining else losses.detach()
+        self.update_on_normal(getattr(self, f"{stage}_loss"), objective, targets)
         return {"loss": loss, "scores": self._scores(z, losses)}
 
     @override
@@ -216,7 +221,3 @@ class DeepSVDD(AutoEncoder):
             if len(distances):
                 self.radius.fill_(float(torch.quantile(distances.sqrt().float(), 1 - self.nu)))
         self._train_distances = []
-
-    @override
-    def final_reference(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return scores  # the scores need no epoch-end fit (the AutoEncoder's Gaussians are not used)

@@ -1,12 +1,14 @@
-"""A Gaussian fitted to values seen during validation (latent codes, per-image losses): what the
-AutoEncoder's and VAE's anomaly scores measure "unexpectedly large" against."""
+"""A Gaussian fitted to values of the normal training images (latent codes, per-image losses, raw
+anomaly scores): what the AutoEncoder's, VAE's and GeoTrans's anomaly scores measure "unexpectedly
+large" against."""
 
 import torch
 from torch import nn
 
 
 class GaussianFit(nn.Module):
-    """Mean and precision of D-dimensional values, refitted from scratch at each `reset` / `update` / `fit`.
+    """Mean and precision of D-dimensional values, refitted from scratch by `fit_to` (or `reset`, then
+    `update` chunk by chunk, then `fit`).
 
     The fitted mean and precision are buffers, so they travel in the checkpoint with the weights
     that produced the values. Before the first fit they describe N(0, I), a VAE's prior.
@@ -17,10 +19,14 @@ class GaussianFit(nn.Module):
         self.shrinkage = shrinkage
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("precision", torch.eye(dim))
-        self._sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # count, sum z, sum z z^T
+        # count, sum and sum of outer products of the values minus `_shift` (the first chunk's mean): sums
+        # of squares of values far from 0 cancel catastrophically (an untrained GeoTrans's Dirichlet score,
+        # 2e9 spread by 100, lost 40% of its variance so even in float64); deviations from a near-mean do not.
+        self._sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._shift: torch.Tensor | None = None
 
     def reset(self) -> None:
-        self._sums = None
+        self._sums, self._shift = None, None
 
     @torch.no_grad()
     def update(self, z: torch.Tensor) -> None:
@@ -30,23 +36,34 @@ class GaussianFit(nn.Module):
             self._sums = self._zeros(z.device)
         count, total, outer = self._sums
         z = z.detach().to(total.dtype)
+        if self._shift is None:
+            self._shift = z.mean(0) if len(z) else torch.zeros_like(total)
+        z = z - self._shift
         count += len(z)
         total += z.sum(0)
         outer += z.T @ z
 
     @torch.no_grad()
-    def fit(self, reduce=None) -> None:
-        """Set mean and precision from the codes seen since `reset`; `reduce(tensor)` sums the
-        running sums over processes under DDP. Nothing changes if fewer than two codes were seen."""
-        # Every process reduces, even one that saw no codes, or the others would wait for it.
-        sums = self._sums if self._sums is not None else self._zeros(self.mean.device)
-        count, total, outer = (t.clone() for t in sums)
-        if reduce is not None:
-            count, total, outer = reduce(count), reduce(total), reduce(outer)
+    def fit_to(self, z: torch.Tensor) -> None:
+        """Refit to these values [N, D] alone. Every rank fits the same values (the training images
+        each reads in full), so nothing is reduced over ranks."""
+        self.reset()
+        self.update(z)
+        self.fit()
+        self.reset()
+
+    @torch.no_grad()
+    def fit(self) -> None:
+        """Set mean and precision from the values seen since `reset`. Nothing changes if fewer than
+        two were seen."""
+        if self._sums is None:
+            return
+        count, total, outer = self._sums
         if count < 2:
             return
-        mean = total / count
-        cov = (outer - count * torch.outer(mean, mean)) / (count - 1)
+        centred_mean = total / count
+        cov = (outer - count * torch.outer(centred_mean, centred_mean)) / (count - 1)
+        mean = self._shift + centred_mean
         # Shrink towards a multiple of I: collapsed or tightly coupled latent dimensions (common in a
         # trained AE) would otherwise make the covariance singular and the distance explode.
         dim = len(mean)

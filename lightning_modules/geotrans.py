@@ -15,11 +15,18 @@ Scores (larger = more anomalous), each float32 [B]:
              features learnt this way suit k-NN).
   pixel_knn  (pixel_knn_k > 0) the same on blurred pixels: no learnt features at all, a strong baseline
              on MNIST, whose digits differ in where their strokes lie.
-  combined   the scores named in `combine`, each standardised with its mean and std on the validation
-             images (normal only, in an anomaly run), summed: the primary score.
+  combined   the scores named in `combine`, each standardised with its mean and std on normal training
+             images, summed: the primary score.
 
-The Dirichlet parameters and the standardisation are fitted at the end of each validation on its
-images, the k-NN banks at its start on the training images: all travel in the checkpoint."""
+What the scores are measured against is fitted at the start of each validation during fit, to the
+weights it validates, and travels in the checkpoint (`validate` and `test` of a checkpoint keep it):
+the k-NN banks on the training images (one pass of the untransformed image each; the pixel bank once),
+then the Dirichlets and the standardisation of every score (all of them, so a benchmark can combine
+any from a checkpoint) on FIT_IMAGES of those training images (all K transformations each). None is
+fitted on the validation images: in an anomaly run they hold anomalies, and a fit there would score
+them in-sample. A training image is in the k-NN banks, so its own match is left out of its k-NN
+scores (`exclude_self`): the standardisation then describes normal images the bank has not seen.
+Every rank reads all training images and computes the same fits."""
 
 from typing import Literal
 
@@ -32,7 +39,6 @@ from torchvision.transforms.v2.functional import gaussian_blur
 from typing_extensions import override
 
 from cnnlab.errors import CnnlabError
-from cnnlab.gather import gather_ranks
 from cnnlab.protocol import Batch, EvalOutput, FeaturesAndHead, missing
 from lightning_modules.base import CnnlabModule
 from lightning_modules.gaussian_fit import GaussianFit
@@ -43,6 +49,9 @@ Translations = Literal["none", "cross", "grid"]
 OFFSETS = {"none": ((0, 0),), "cross": ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))}
 OFFSETS["grid"] = tuple((dy, dx) for dy in (0, 1, -1) for dx in (0, 1, -1))
 SCORES = ("loss", "dirichlet", "knn", "pixel_knn")
+# Training images the Dirichlets and the standardisation are fitted on: each costs K forward passes, and
+# 500 images estimate K Dirichlets of K parameters (400 at K = 20) and a mean and std per score.
+FIT_IMAGES = 500
 
 
 class GeometricTransformations(nn.Module):
@@ -130,10 +139,13 @@ class GeoTrans(CnnlabModule):
         shift: Translation in pixels.
         rotations: 1, 2 or 4 rotations by 90 degrees.
         pad: Pixels of border added before transforming (MNIST 28 -> 32).
-        knn_k: Neighbours of the `knn` score (0: no such score).
-        pixel_knn_k: Neighbours of the `pixel_knn` score (0: no such score).
+        knn_k: Neighbours of the `knn` score: the features of each training image (untransformed), one
+            pass each, refitted at each validation during fit (0: no such score, no bank).
+        pixel_knn_k: Neighbours of the `pixel_knn` score: a bank of blurred training images, fitted
+            once (0: no such score, no bank).
         pixel_blur: Standard deviation in pixels of the Gaussian blur before pixel_knn (0: none).
-        combine: Scores summed, standardised, into `combined` (from loss, dirichlet, knn, pixel_knn).
+        combine: Scores summed, standardised, into `combined` (from loss, dirichlet, knn, pixel_knn). Every
+            score's standardisation is fitted and saved whichever are named here.
         optimizer: Optimizer factory (class_path + init_args in YAML).
         lr_scheduler: Scheduler factory; OneCycleLR gets total_steps from the trainer.
     """
@@ -198,10 +210,9 @@ class GeoTrans(CnnlabModule):
         self.pixel_neighbours = NearestNeighbours(pixel_knn_k, "cosine") if pixel_knn_k else None
         # Dirichlet parameters minus one, per transformation [K, K]: the identity is the simple score.
         self.register_buffer("dirichlet_weights", torch.eye(k))
-        self.standardise = nn.ModuleDict({name: GaussianFit(1) for name in combine})
+        # Every available score's, not only those in `combine`: a checkpoint can then be recombined.
+        self.standardise = nn.ModuleDict({name: GaussianFit(1) for name in available})
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self._val_log_probs: list[torch.Tensor] = []
-        self._val_scores: list[dict[str, torch.Tensor]] = []
 
     # -- the network -------------------------------------------------------------------------------
 
@@ -222,6 +233,11 @@ class GeoTrans(CnnlabModule):
                 identity = features.float()
         return torch.stack(log_probs, dim=1), identity
 
+    def identity_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The features of the untransformed (padded) images [B, F], float32: what `forward` returns
+        beside the log-probabilities, at the cost of one pass instead of K (the k-NN bank's codes)."""
+        return self.features_and_logits(self.transformations.prepare(images))[0].float()
+
     def feature_layer(self) -> nn.Conv2d | None:
         return self.net.input_layer()
 
@@ -233,19 +249,31 @@ class GeoTrans(CnnlabModule):
 
     # -- scores ------------------------------------------------------------------------------------
 
-    def _raw_scores(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Every score but `combined`, and the log-probabilities [B, K, K]."""
+    def _raw_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every score but `combined`."""
         log_probs, features = self(images)
+        pixels = self.blurred_pixels(images) if self.pixel_neighbours is not None else None
+        return self._scores_of(log_probs, features, pixels)
+
+    def _scores_of(
+        self,
+        log_probs: torch.Tensor,
+        features: torch.Tensor,
+        pixels: torch.Tensor | None,
+        exclude_self: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Every score but `combined` from the log-probabilities [B, K, K], the identity features and
+        the blurred pixels; `exclude_self` for images that are in the k-NN banks."""
         applied = log_probs.diagonal(dim1=1, dim2=2)  # [B, K]: log p(k | T_k x)
         scores = {
             "loss": -applied.mean(1),
             "dirichlet": -(log_probs * self.dirichlet_weights).sum((1, 2)),
         }
         if self.neighbours is not None and self.neighbours.fitted:
-            scores["knn"] = self.neighbours.distance(features)
+            scores["knn"] = self.neighbours.distance(features, exclude_self=exclude_self)
         if self.pixel_neighbours is not None and self.pixel_neighbours.fitted:
-            scores["pixel_knn"] = self.pixel_neighbours.distance(self.blurred_pixels(images))
-        return scores, log_probs
+            scores["pixel_knn"] = self.pixel_neighbours.distance(pixels, exclude_self=exclude_self)
+        return scores
 
     def _with_combined(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if all(name in scores for name in self.combine):
@@ -261,7 +289,7 @@ class GeoTrans(CnnlabModule):
     def anomaly_scores(self, batch: Batch) -> dict[str, torch.Tensor]:
         """loss, dirichlet, knn, pixel_knn (where on) and combined, float32 [B] each (module docstring)."""
         images, _ = batch
-        return self._with_combined(self._raw_scores(images)[0])
+        return self._with_combined(self._raw_scores(images))
 
     def score_names(self) -> tuple[str, ...]:
         on = {"knn": self.neighbours is not None, "pixel_knn": self.pixel_neighbours is not None}
@@ -277,13 +305,10 @@ class GeoTrans(CnnlabModule):
             loss = F.cross_entropy(logits.float(), labels)
             self.log_step("train/loss", loss, prog_bar=True)
             return {"loss": loss}
-        scores, log_probs = self._raw_scores(images)
-        if stage == "val":
-            self._val_log_probs.append(log_probs)
-            self._val_scores.append(dict(scores))
-        loss = scores["loss"].mean()
-        getattr(self, f"{stage}_loss").update(loss, weight=len(images))
-        return {"loss": loss, "scores": self._with_combined(scores)}
+        scores = self._raw_scores(images)
+        # over the normal images only, in an anomaly run
+        self.update_on_normal(getattr(self, f"{stage}_loss"), scores["loss"], batch[1])
+        return {"loss": scores["loss"].mean(), "scores": self._with_combined(scores)}
 
     def epoch_metrics(self, stage: str) -> dict:
         return {} if stage == "train" else {"loss": getattr(self, f"{stage}_loss")}
@@ -291,55 +316,51 @@ class GeoTrans(CnnlabModule):
     @override
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
-        self._val_log_probs, self._val_scores = [], []
-        # During fit every validation refits the banks to the weights it validates; `validate` of a
-        # checkpoint keeps the banks it carries.
+        # During fit every validation refits the banks, the Dirichlets and the standardisation to the
+        # weights it validates; `validate` of a checkpoint keeps what it carries.
         fitting = self.trainer.state.fn == "fit"
         if (
             self.neighbours is not None
             and (fitting or not self.neighbours.fitted)
             and self.reads_training_images("knn")
         ):
-            self.neighbours.fit(self.over_training_images(lambda x: self(x)[1], self.neighbours.bank_indices))
+            self.neighbours.fit(self.over_training_images(self.identity_features, self.neighbours.bank_indices))
         pixels = self.pixel_neighbours
         if pixels is not None and not pixels.fitted and self.reads_training_images("pixel_knn"):  # weights: no part
-            self.pixel_neighbours.fit(
-                self.over_training_images(self.blurred_pixels, self.pixel_neighbours.bank_indices)
-            )
+            pixels.fit(self.over_training_images(self.blurred_pixels, pixels.bank_indices))
+        if fitting and self.reads_training_images("dirichlet"):
+            self.fit_to_training_images()
 
-    @override
-    def on_validation_epoch_end(self) -> None:
-        # Fit the Dirichlets on this epoch's validation outputs (every rank's), before ModelCheckpoint
-        # saves, then the standardisation of each combined score on the rescored validation images.
-        if self._val_log_probs:
-            log_probs = gather_ranks(torch.cat(self._val_log_probs))
-            if len(log_probs) >= 2:
-                alphas = torch.stack([fit_dirichlet(log_probs[:, k]) for k in range(self.num_transformations)])
-                self.dirichlet_weights.copy_((alphas - 1).to(self.dirichlet_weights))
-        local = self._rescored_validation()
-        reduce = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
-        for name, fit in self.standardise.items():
-            fit.reset()
-            if name in local:
-                fit.update(local[name][:, None])
-            fit.fit(reduce=reduce)
-            fit.reset()
-        self._rescored = local
-        super().on_validation_epoch_end()
+    def fit_indices(self, n: int) -> torch.Tensor:
+        """Which of n training images the Dirichlets and the standardisation are fitted on: FIT_IMAGES of
+        those the k-NN banks keep (all, if fewer), drawn with a fixed generator, so that each is in the
+        banks and its own match can be left out of its k-NN scores."""
+        banks = [b for b in (self.neighbours, self.pixel_neighbours) if b is not None]
+        # both banks keep the same images: one max_bank, one generator (NearestNeighbours.bank_indices)
+        kept = banks[0].bank_indices(n) if banks else torch.arange(n)
+        if len(kept) <= FIT_IMAGES:
+            return kept
+        return kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(1))[:FIT_IMAGES]].sort().values
 
-    def _rescored_validation(self) -> dict[str, torch.Tensor]:
-        """This rank's validation scores with this epoch's Dirichlet fit."""
-        if not self._val_scores:
-            return {}
-        scores = {name: torch.cat([s[name] for s in self._val_scores]) for name in self._val_scores[0]}
-        log_probs = torch.cat(self._val_log_probs)
-        scores["dirichlet"] = -(log_probs * self.dirichlet_weights).sum((1, 2))
-        self._val_log_probs, self._val_scores = [], []
-        return scores
+    @torch.no_grad()
+    def fit_to_training_images(self) -> None:
+        """Fit the Dirichlet of each transformation to the predictions on the `fit_indices` training
+        images, then the standardisation of every score to those images' scores (module docstring)."""
+        k = self.num_transformations
 
-    @override
-    def final_reference(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        rescored, self._rescored = getattr(self, "_rescored", {}), {}
-        if not rescored or len(rescored["loss"]) != len(scores.get("loss", ())):
-            return scores
-        return self._with_combined(dict(rescored))
+        def packed(images: torch.Tensor) -> torch.Tensor:  # one tensor, as over_training_images concatenates
+            log_probs, features = self(images)
+            return torch.cat([log_probs.flatten(1), features], dim=1)
+
+        values = self.over_training_images(packed, self.fit_indices)
+        log_probs, features = values[:, : k * k].view(-1, k, k), values[:, k * k :]
+        if len(log_probs) < 2:
+            return
+        alphas = torch.stack([fit_dirichlet(log_probs[:, t]) for t in range(k)])
+        self.dirichlet_weights.copy_((alphas - 1).to(self.dirichlet_weights))
+        pixels = None
+        if self.pixel_neighbours is not None:
+            pixels = self.over_training_images(self.blurred_pixels, self.fit_indices)
+        scores = self._scores_of(log_probs, features, pixels, exclude_self=True)
+        for name, score in scores.items():
+            self.standardise[name].fit_to(score[:, None])

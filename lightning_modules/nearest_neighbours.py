@@ -63,19 +63,28 @@ class NearestNeighbours(nn.Module):
         return F.normalize(codes, dim=1) if self.metric == "cosine" else codes
 
     @torch.no_grad()
-    def distance(self, codes: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    def distance(self, codes: torch.Tensor, chunk: int = 1024, exclude_self: bool = False) -> torch.Tensor:
         """Mean distance of each code [B, D] to its k nearest bank codes, float32 [B] (in chunks, so
-        memory stays at chunk x N)."""
+        memory stays at chunk x N). `exclude_self`: the codes are of samples in the bank, and each
+        one's own match (its nearest, at distance 0) is dropped, so the distance is to k others, what
+        an unseen sample would get; a bank of k codes leaves k - 1."""
         if self.bank.device != codes.device:  # once: the bank is extra state, which Module.to leaves behind
             self.bank = self.bank.to(codes.device)
         bank = self.bank
+        nearest = min(self.k + 1, len(bank)) if exclude_self else self.k
+        if exclude_self and nearest < 2:
+            raise CnnlabError(
+                f"k-NN score: a bank of {len(bank)} code(s) has no other code to measure a bank sample against once "
+                "its own match is left out. Train on more than one normal image."
+            )
         out = []
         for part in self._prepare(codes.detach().float()).split(chunk):
             if self.metric == "cosine":
                 d = (1 - part @ bank.T).clamp_min(0)
             else:
                 d = torch.cdist(part, bank, compute_mode="donot_use_mm_for_euclid_dist")
-            out.append(d.topk(self.k, dim=1, largest=False).values.mean(1))
+            d = d.topk(nearest, dim=1, largest=False).values  # sorted, nearest first
+            out.append((d[:, 1:] if exclude_self else d).mean(1))
         return torch.cat(out) if out else codes.new_zeros(0, dtype=torch.float32)
 
     def get_extra_state(self) -> dict:

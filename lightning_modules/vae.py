@@ -97,11 +97,18 @@ class VAE(AutoEncoder):
 
         loss: the negative ELBO (= per_sample_loss). latent_kl: KL(q(z|x) || p(z)), how far the
         posterior lies from the prior. latent_distance: squared Mahalanobis distance of the posterior
-        mean to a Gaussian fitted to the validation images' means at the last validation.
-        combined: loss and latent_distance standardised and summed (LatentScores).
+        mean to a Gaussian fitted to the posterior means of the normal training images at the last
+        validation during fit. combined: loss and latent_distance standardised and summed
+        (LatentScores). knn (knn_k > 0): the mean distance to the k nearest normal training means.
         """
         recon, kl, mu = self._terms(batch[0])
         return {**self.latent_scores.scores(mu, recon + kl), "latent_kl": kl}
+
+    @override
+    def codes_and_losses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior mean [B, D] and the negative ELBO [B] of each image, as `anomaly_scores`."""
+        recon, kl, mu = self._terms(images)
+        return mu, recon + kl
 
     @override
     def score_names(self) -> tuple[str, ...]:
@@ -167,22 +174,21 @@ class VAE(AutoEncoder):
 
     @override
     def _shared_step(self, batch: Batch, stage: str) -> EvalOutput:
-        images, _ = batch
+        images, targets = batch
         recon, kl, mu = self._terms(images)
         neg_elbo = recon + kl
-        loss = (recon + self.kl_weight(self.global_step) * kl).mean()
-        values = {"loss": loss, "recon": recon.mean(), "kl": kl.mean(), "neg_elbo": neg_elbo.mean()}
+        loss_per_image = recon + self.kl_weight(self.global_step) * kl
+        per_image = {"loss": loss_per_image, "recon": recon, "kl": kl, "neg_elbo": neg_elbo}
+        loss = per_image["loss"].mean()
         if stage == "train":
             for name in STAGE_METRICS:
-                self.log_step(f"train/{name}", values[name], prog_bar=name == "loss")
+                self.log_step(f"train/{name}", per_image[name].mean(), prog_bar=name == "loss")
             if self.kl_warmup_steps:
                 self.log_step("train/kl_weight", torch.tensor(self.kl_weight(self.global_step)))
             return {"loss": loss}
-        if stage == "val":
-            self.latent_scores.update(mu, neg_elbo)
-        for name in STAGE_METRICS:
-            getattr(self, f"{stage}_{name}").update(values[name], weight=len(images))
+        for name in STAGE_METRICS:  # over the normal images only, in an anomaly run
+            self.update_on_normal(getattr(self, f"{stage}_{name}"), per_image[name].detach(), targets)
         if stage == "test" and self.iwae_samples:
-            self.test_iwae_nll.update(self.iwae_nll(images, self.iwae_samples))
+            self.update_on_normal(self.test_iwae_nll, self.iwae_nll(images, self.iwae_samples), targets)
         scores = self.latent_scores.scores(mu.detach(), neg_elbo.detach())
         return {"loss": loss, "scores": {**scores, "latent_kl": kl.detach()}}

@@ -9,8 +9,9 @@ import torch
 from conftest import last_evaluation, only_run, summary_of, tiny_cli_args
 from torch import nn
 
-from lightning_modules import AutoEncoder, DeepSVDD
+from lightning_modules import VAE, AutoEncoder, DeepSVDD
 from lightning_modules.nearest_neighbours import NearestNeighbours
+from lightning_modules.vae import kl_divergence
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,6 +36,26 @@ def test_knn_score_is_the_mean_distance_to_the_k_nearest_bank_codes(metric, k):
     got = neighbours.distance(queries, chunk=3)  # chunked, as a large test split is scored
     assert got.dtype == torch.float32
     assert torch.allclose(got, torch.tensor(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_knn_score_of_a_bank_sample_leaves_its_own_match_out(metric, k):
+    bank = torch.randn(40, 4, generator=torch.Generator().manual_seed(1))
+    neighbours = NearestNeighbours(k=k, metric=metric)
+    neighbours.fit(bank)
+    expected = []
+    for i, q in enumerate(bank):  # brute force over the other codes, one query at a time
+        others = torch.cat([bank[:i], bank[i + 1 :]])
+        if metric == "euclidean":
+            d = [((q - b) ** 2).sum().sqrt().item() for b in others]
+        else:
+            d = [1 - (q @ b / (q.norm() * b.norm())).item() for b in others]
+        expected.append(sum(sorted(d)[:k]) / k)
+    got = neighbours.distance(bank[:25], chunk=7, exclude_self=True)
+    assert torch.allclose(got, torch.tensor(expected[:25]), atol=1e-5)
+    # without it, each bank sample finds itself at distance 0 among its k nearest
+    assert (neighbours.distance(bank[:25]) < got).all()
 
 
 def test_knn_bank_keeps_a_fixed_subset_and_travels_in_the_checkpoint():
@@ -214,7 +235,7 @@ def test_geotrans_scores_on_a_hand_checkable_case():
     scores = model.anomaly_scores((torch.rand(1, 1, 28, 28), torch.zeros(1)))
     expected = -(2 * torch.tensor(0.9).log() + torch.tensor(0.1).log() + 4 * torch.tensor(0.7).log())
     assert torch.allclose(scores["dirichlet"], expected[None])
-    # combined: each named score standardised by its validation fit (none yet: as is), summed
+    # combined: each named score standardised by its fit on training images (none yet: as is), summed
     assert torch.allclose(scores["combined"], scores["loss"] + scores["dirichlet"])
 
 
@@ -248,10 +269,13 @@ def test_geotrans_learns_the_transformations_and_separates_the_normal_class(run_
     assert val_losses[0] > 2.95 and val_losses[-1] < val_losses[0] - 0.1, val_losses
     for score in ("combined", "knn", "pixel_knn"):
         assert metrics[f"test/{score}_auroc"] > 0.9, (score, metrics)
-    # the Dirichlet parameters were fitted (no longer the identity) and travel in the checkpoint
+    # the Dirichlet parameters were fitted (no longer the identity) and travel in the checkpoint, with the
+    # standardisation of every score, also the one `combine` leaves out (loss)
     model = GeoTrans.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
     assert not torch.equal(model.dirichlet_weights, torch.eye(20))
     assert model.neighbours.fitted and model.pixel_neighbours.fitted
+    assert set(model.standardise) == {"loss", "dirichlet", "knn", "pixel_knn"}
+    assert all(fit.mean.item() > 0 and fit.precision.item() != 1 for fit in model.standardise.values())
 
 
 # -- settings that cannot work are refused in one paragraph -----------------------------------------
@@ -284,3 +308,161 @@ def test_geotrans_pixel_knn_without_blur_is_the_plain_pixel_distance():
     model = GeoTrans(image_shape=(1, 28, 28), pixel_knn_k=1, pixel_blur=0.0, knn_k=0, combine=["dirichlet"])
     images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     assert torch.equal(model.blurred_pixels(images), images.flatten(1))
+
+
+def attached(model, data) -> None:
+    """`model` as a fit's validation start sees it: a Trainer fitting, with `data` attached."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer._data_connector.attach_datamodule(model, datamodule=data)  # what fit(model, data) does first
+    trainer.state.fn = TrainerFn.FITTING
+    model.trainer = trainer
+
+
+def tiny_geotrans(**kwargs):
+    from lightning_modules import GeoTrans
+
+    options = {"width": 8, "knn_k": 2, "combine": ["dirichlet", "knn"]}
+    return GeoTrans(**(options | kwargs))
+
+
+def tiny_mnist(mnist_root, **kwargs):
+    from datamodules import MNISTDataModule
+
+    options = {"val_size": 100, "batch_size": 16, "normalize": False, "augment": False}
+    return MNISTDataModule(data_dir=str(mnist_root), download=False, **(options | kwargs))
+
+
+def test_geotrans_knn_bank_is_one_pass_of_each_untransformed_training_image(mnist_root):
+    """The bank needs the identity features alone: one network pass per chunk of training images (500),
+    not K; only the Dirichlet and standardisation fit (FIT_IMAGES images) runs all K transformations."""
+    import torch.nn.functional as F
+
+    from lightning_modules.geotrans import FIT_IMAGES
+
+    torch.manual_seed(0)
+    model = tiny_geotrans()
+    data = tiny_mnist(mnist_root, val_size=50)  # 550 training images: two chunks, and more than FIT_IMAGES
+    data.setup("fit")
+    attached(model, data)
+    inputs = []
+    network = model.features_and_logits
+    model.features_and_logits = lambda images: inputs.append(images.clone()) or network(images)
+    model.on_validation_epoch_start()
+    images, _ = data.samples("train")
+    x = data.model_input(images)
+    k = model.num_transformations
+    assert len(images) == 550 and len(inputs) == 2 + k  # bank: 500 + 50 images; fit: K passes of 500
+    assert torch.equal(inputs[0], model.transformations.prepare(x[:500]))  # untransformed, padded
+    assert torch.equal(inputs[1], model.transformations.prepare(x[500:]))
+    assert all(len(batch) == FIT_IMAGES for batch in inputs[2:])
+    # the bank holds what `forward` gives as the identity features of the same images
+    model.eval()
+    with torch.no_grad():
+        identity = model(x)[1]
+    assert torch.allclose(model.neighbours.bank, F.normalize(identity, dim=1), atol=1e-5)  # cosine: unit codes
+
+
+def test_geotrans_fits_are_made_on_normal_training_images_not_the_validation_images(mnist_root, tmp_path):
+    """Two fits that differ only in their validation images end with the same Dirichlets and
+    standardisation, and those are a direct computation on the normal training images: Dirichlets
+    fitted to their predictions, each score's mean and std over them, the k-NN scores leaving each
+    image's own match in the bank out."""
+    from lightning.pytorch import Trainer
+
+    from lightning_modules.geotrans import fit_dirichlet
+
+    fitted = []
+    for max_eval_samples in (None, 20):  # validation of 100 or 20 images; the same training images
+        torch.manual_seed(0)
+        model = tiny_geotrans(pixel_knn_k=2)
+        data = tiny_mnist(mnist_root, normal_classes=[3], max_eval_samples=max_eval_samples)
+        trainer = Trainer(
+            max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+            enable_checkpointing=False, accelerator="cpu", default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(model, data)
+        assert len(data.samples("val")[0]) == (max_eval_samples or 100)
+        fitted.append(model)
+    first, second = (dict(m.state_dict()) for m in fitted)
+    fits = [name for name in first if name.startswith(("dirichlet_weights", "standardise."))]
+    assert {name.split(".")[1] for name in fits if "." in name} == {"loss", "dirichlet", "knn", "pixel_knn"}
+    assert all(torch.equal(first[name], second[name]) for name in fits)
+    # the direct computation on the training images (all ~50 normal ones: fewer than FIT_IMAGES)
+    model = fitted[0].eval()
+    images, labels = data.samples("train")
+    assert set(labels.tolist()) == {3} and torch.equal(model.fit_indices(len(images)), torch.arange(len(images)))
+    x = data.model_input(images)
+    with torch.no_grad():
+        log_probs, features = model(x)
+    k = model.num_transformations
+    alphas = torch.stack([fit_dirichlet(log_probs[:, t]) for t in range(k)]).float()
+    assert torch.allclose(model.dirichlet_weights, alphas - 1, rtol=1e-4, atol=1e-4)
+
+    def leave_one_out(codes, neighbours):  # cosine distance to the k nearest other images
+        unit = torch.nn.functional.normalize(codes.double(), dim=1)
+        d = (1 - unit @ unit.T).fill_diagonal_(float("inf"))
+        return d.sort(dim=1).values[:, : neighbours.k].mean(1)
+
+    raw = {
+        "loss": -log_probs.diagonal(dim1=1, dim2=2).mean(1).double(),
+        "dirichlet": -(log_probs * model.dirichlet_weights).sum((1, 2)).double(),
+        "knn": leave_one_out(features, model.neighbours),
+        "pixel_knn": leave_one_out(model.blurred_pixels(x), model.pixel_neighbours),
+    }
+    for name, values in raw.items():
+        fit = model.standardise[name]
+        assert fit.mean.item() == pytest.approx(values.mean().item(), rel=1e-4, abs=1e-6), name
+        assert fit.precision.item() == pytest.approx(1 / values.var().item(), rel=1e-3), name
+
+
+# -- the evaluation loss of an anomaly run ---------------------------------------------------------
+
+
+def svdd_with_a_centre():
+    model = DeepSVDD(channels=(8, 16), latent_dim=6)
+    model.centre.fill_(0.5)
+    model.centre_set.fill_(True)
+    return model
+
+
+EVALUATION_LOSSES = {  # model, the metric, and its per-image value computed directly
+    "autoencoder": (
+        lambda: AutoEncoder(channels=(8, 16), latent_dim=4),
+        "loss",
+        lambda m, x: m.per_sample_loss((x, None)),
+    ),
+    "vae": (lambda: VAE(channels=(8, 16), latent_dim=4), "kl", lambda m, x: kl_divergence(*m.posterior(x))),
+    "deep_svdd_pretraining": (
+        lambda: DeepSVDD(channels=(8, 16), latent_dim=6),
+        "reconstruction",
+        lambda m, x: m.reconstruction_error(m.decoder(m.encode(x)), x),
+    ),
+    "deep_svdd": (svdd_with_a_centre, "loss", lambda m, x: m.distance(m.encode(x))),
+    "geotrans": (lambda: tiny_geotrans(), "loss", lambda m, x: m.per_sample_loss((x, None))),
+}
+
+
+@pytest.mark.parametrize("normal_classes", [[3], None])
+@pytest.mark.parametrize("name", sorted(EVALUATION_LOSSES))
+def test_evaluation_loss_of_an_anomaly_run_counts_the_normal_images_only(mnist_root, name, normal_classes):
+    """In an anomaly run `<stage>/<metric>` is the mean over the normal images of the split (the loss the
+    model is trained to lower; anomalies are judged by the anomaly metrics); elsewhere over all of them."""
+    from lightning.pytorch import Trainer
+
+    build, metric, per_image = EVALUATION_LOSSES[name]
+    torch.manual_seed(0)
+    model = build()
+    data = tiny_mnist(mnist_root, normal_classes=normal_classes)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    for stage, evaluate in (("val", trainer.validate), ("test", trainer.test)):
+        evaluate(model, data, verbose=False)
+        images, labels = data.samples(stage)
+        keep = labels == 3 if normal_classes else torch.ones(len(labels), dtype=torch.bool)
+        assert 0 < keep.sum() < len(keep) or not normal_classes  # an anomaly run's split holds both
+        with torch.no_grad():
+            expected = per_image(model.eval(), data.model_input(images[keep])).mean()
+        got = trainer.callback_metrics[f"{stage}/{metric}"]
+        assert got.item() == pytest.approx(expected.item(), rel=1e-4), (stage, got, expected)

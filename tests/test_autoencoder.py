@@ -214,16 +214,26 @@ def test_combined_score_is_the_standardised_loss_plus_the_standardised_latent_di
     assert torch.equal(out["loss"], loss)
 
 
-def fit_tiny(model, steps: int, tmp_path) -> Trainer:
-    x, labels = batch_of(64, seed=1)
-    x = (x > 0.7).float()  # something with structure to learn
-    loader = DataLoader(TensorDataset(x, labels), batch_size=16)
+def fit_tiny(model, steps: int, tmp_path, data: MNISTDataModule | None = None) -> Trainer:
+    """A few training steps, on `data` or (None) on bare DataLoaders of structured random images."""
     trainer = Trainer(
         max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=tmp_path, accelerator="cpu", limit_val_batches=2,
     )  # fmt: skip
+    if data is not None:
+        trainer.fit(model, data)
+        return trainer
+    x, labels = batch_of(64, seed=1)
+    x = (x > 0.7).float()  # something with structure to learn
+    loader = DataLoader(TensorDataset(x, labels), batch_size=16)
     trainer.fit(model, loader, loader)
     return trainer
+
+
+def tiny_mnist(mnist_root, **kwargs) -> MNISTDataModule:
+    """The synthetic MNIST as the AE configs read it: pixels in [0, 1], no augmentation, batches of 16."""
+    options = {"val_size": 100, "batch_size": 16, "eval_batch_size": 16, "normalize": False, "augment": False}
+    return MNISTDataModule(data_dir=str(mnist_root), download=False, **(options | kwargs))
 
 
 @pytest.mark.parametrize("cls", [AutoEncoder, VAE])
@@ -243,10 +253,10 @@ def test_the_loss_goes_down_on_tiny_data(cls, tmp_path):
 
 
 @pytest.mark.parametrize("cls", [AutoEncoder, VAE])
-def test_checkpoint_round_trip_gives_identical_outputs(cls, tmp_path):
+def test_checkpoint_round_trip_gives_identical_outputs(cls, mnist_root, tmp_path):
     torch.manual_seed(0)
     model = cls(**SMALL, upsample="transposed")
-    trainer = fit_tiny(model, 4, tmp_path)
+    trainer = fit_tiny(model, 4, tmp_path, tiny_mnist(mnist_root, max_eval_samples=32))
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     loaded = cls.load_from_checkpoint(path).eval()
@@ -271,31 +281,58 @@ def test_checkpoint_round_trip_gives_identical_outputs(cls, tmp_path):
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
-def test_latent_distance_is_fitted_on_the_validation_codes(tmp_path):
+def test_latent_gaussians_are_fitted_on_the_normal_training_images(mnist_root, tmp_path):
+    """Not on the validation images, which hold anomalies in an anomaly run (90% of them here)."""
     torch.manual_seed(0)
     model = AutoEncoder(**SMALL)
-    fit_tiny(model, 4, tmp_path)
-    x, _ = batch_of(64, seed=1)
-    x = (x > 0.7).float()[:32]  # the two validation batches
+    data = tiny_mnist(mnist_root, normal_classes=[3])
+    data.setup("fit")
+    images, labels = data.samples("train")
+    trainer = fit_tiny(model, 2 * (len(images) // 16), tmp_path, data)  # two whole epochs: ends on a validation
+    assert set(labels.tolist()) == {3} and len(images) <= 2000  # every normal training image is fitted
     model.eval()
     with torch.no_grad():
+        x = data.model_input(images)
         z = model.encode(x).double()
-    gaussian = model.latent_scores.latent_gaussian
+        losses = model.per_sample_loss((x, labels)).double()
+        val_codes = model.encode(data.model_input(data.samples("val")[0][:32]))  # the two validation batches
+    gaussian, loss_gaussian = model.latent_scores.latent_gaussian, model.latent_scores.loss_gaussian
     assert torch.allclose(gaussian.mean.double(), z.mean(0), atol=1e-5)
-    assert math.isclose(gaussian.distance(z.float()).mean().item(), 4 * 31 / 32, rel_tol=0.02)
-    # the reference scores of that validation are measured against this very fit, not the one before
-    reference = model.reference_scores()
-    assert torch.allclose(reference["latent_distance"], gaussian.distance(z.float()), atol=1e-4)
+    n = len(z)
+    assert math.isclose(gaussian.distance(z.float()).mean().item(), 4 * (n - 1) / n, rel_tol=0.02)
+    assert loss_gaussian.mean.item() == pytest.approx(losses.mean().item(), rel=1e-5)
+    assert loss_gaussian.precision.item() == pytest.approx(1 / losses.var().item(), rel=1e-3)
+    # the validation steps' scores are final: measured against this very fit
+    assert torch.allclose(model.reference_scores()["latent_distance"], gaussian.distance(val_codes), atol=1e-4)
+    # `validate` of the checkpoint keeps the fit it carries
+    before = {name: value.clone() for name, value in model.latent_scores.state_dict().items()}
+    trainer.validate(model, data, verbose=False)
+    assert all(torch.equal(value, before[name]) for name, value in model.latent_scores.state_dict().items())
+
+
+def test_latent_gaussians_fit_a_fixed_subset_of_a_large_training_set():
+    chosen = LatentScores.fit_indices(5000)
+    assert len(chosen) == 2000 and torch.equal(chosen, LatentScores.fit_indices(5000))  # the same every epoch
+    assert len(chosen.unique()) == 2000 and chosen.max() < 5000
+    assert torch.equal(LatentScores.fit_indices(300), torch.arange(300))
 
 
 def test_without_a_cnnlab_datamodule_the_knn_score_is_left_out_with_one_warning(tmp_path):
-    # A plain Trainer on bare DataLoaders: no training images to fit the k-NN bank to; the model
-    # trains, warns once, and scores with everything else.
+    # A plain Trainer on bare DataLoaders: no training images to fit the k-NN bank or the Gaussians to;
+    # the model trains, warns once, scores with everything else, and its Gaussians stay unfitted.
     torch.manual_seed(0)
-    model = AutoEncoder(**SMALL)
+    model = AutoEncoder(**SMALL, knn_k=5)
     with pytest.warns(UserWarning, match="knn anomaly score") as caught:
         fit_tiny(model, 6, tmp_path)
-    assert sum("knn anomaly score" in str(w.message) for w in caught) == 1
+    assert sum("training images" in str(w.message) for w in caught) == 1
     with torch.no_grad():
         scores = model.eval().anomaly_scores(batch_of(4))
     assert "knn" not in scores and {"loss", "latent_distance", "combined"} <= set(scores)
+    gaussian = model.latent_scores.latent_gaussian
+    assert torch.equal(gaussian.mean, torch.zeros(4)) and torch.equal(gaussian.precision, torch.eye(4))
+
+
+def test_knn_is_off_unless_asked_for():
+    assert AutoEncoder(**SMALL).latent_scores.neighbours is None
+    assert "knn" not in VAE(**SMALL).score_names()
+    assert AutoEncoder(**SMALL, knn_k=3).latent_scores.neighbours.k == 3

@@ -113,3 +113,24 @@ def test_a_resume_longer_than_the_planned_schedule_is_refused_before_a_step(mnis
     trainer.save_checkpoint(path)
     with pytest.raises(CnnlabError, match=r"planned for 4 steps, but this run asks for 8"):
         tiny_fit(mnist_root, tmp_path, onecycle, epochs=2, ckpt_path=path)
+
+
+@pytest.mark.parametrize("normal_classes", [[3], None])
+def test_evaluation_loss_and_accuracy_of_an_anomaly_run_count_the_normal_images_only(mnist_root, normal_classes):
+    """With normal classes, validation and test hold other classes too (the anomalies): val/loss and
+    val/acc are over the normal images (the classes the model is trained on); elsewhere over all."""
+    torch.manual_seed(0)
+    dm = MNISTDataModule(data_dir=str(mnist_root), val_size=100, batch_size=16, normal_classes=normal_classes)
+    model = ImageClassifier(backbone="mlp", width=16)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    for stage, evaluate in (("val", trainer.validate), ("test", trainer.test)):
+        evaluate(model, dm, verbose=False)
+        images, labels = dm.samples(stage)
+        keep = labels == 3 if normal_classes else torch.ones(len(labels), dtype=torch.bool)
+        assert 0 < keep.sum() < len(keep) or not normal_classes
+        with torch.no_grad():
+            logits = model.eval()(dm.model_input(images[keep]))
+        loss = torch.nn.functional.cross_entropy(logits, labels[keep])
+        accuracy = (logits.argmax(1) == labels[keep]).float().mean()
+        assert trainer.callback_metrics[f"{stage}/loss"].item() == pytest.approx(loss.item(), rel=1e-4)
+        assert trainer.callback_metrics[f"{stage}/acc"].item() == pytest.approx(accuracy.item(), abs=1e-6)
