@@ -201,12 +201,18 @@ def test_only_training_batches_are_augmented(mnist_root):
     assert not torch.equal(trained, evaluated)
 
 
-def test_normal_classes_filter_train_and_val_but_not_test(mnist_root):
+def test_normal_classes_filter_train_but_not_val_or_test(mnist_root):
+    """Training keeps the normal classes only; validation (held-out training images) keeps every class
+    in its share of the split, so an anomaly run has a validation AUROC to choose settings with."""
     dm = MNISTDataModule(data_dir=str(mnist_root), val_size=100, normal_classes=[1, 7])
     dm.setup("fit")
     dm.setup("test")
-    for split in ("train", "val"):
-        assert set(dm.splits[split].labels.unique().tolist()) == {1, 7}
+    assert set(dm.splits["train"].labels.unique().tolist()) == {1, 7}
+    unfiltered = MNISTDataModule(data_dir=str(mnist_root), val_size=100)
+    unfiltered.setup("fit")
+    assert torch.equal(dm.splits["val"].labels, unfiltered.splits["val"].labels)  # the same 100, every class
+    assert torch.equal(dm.splits["val"].images, unfiltered.splits["val"].images)
+    assert set(dm.splits["val"].labels.unique().tolist()) == set(range(10))
     test_labels = dm.splits["test"].labels
     assert set(test_labels.unique().tolist()) == set(range(10))
     anomalous = dm.is_anomaly(test_labels)
