@@ -45,8 +45,8 @@ class FigureCallback(Callback):
         require(pl_module, self.requires, who, self.what)
         if self.needs_data:
             require(trainer.datamodule, (ImageData,), who, "a cnnlab DataModule (images, class names, display)")
-        # CNNLAB_FIGURES=0 (cnnlab-seeds, for the seeds after the first): nothing is drawn; metrics a
-        # callback computes are still logged.
+        # CNNLAB_FIGURES=0 (cnnlab-seeds, for the seeds after the first): nothing is drawn. The metrics
+        # are the model's own (an anomaly run's AUROC included), so they do not depend on it.
         self.drawing = os.environ.get(FIGURES_ENV, "1") != "0"
 
     # -- when ------------------------------------------------------------------------------------

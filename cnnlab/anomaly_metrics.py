@@ -5,8 +5,9 @@ and by the benchmarks alike.
 
 torchmetrics reads scores outside [0, 1] as logits and squashes them through a sigmoid, which in
 float32 rounds every large score to 1.0 and creates ties that are not in the data. The scores are
-therefore mapped onto [0, 1] in float64 by their minimum and maximum first, which keeps every order
-and every tie exactly as it was."""
+therefore replaced by their dense ranks scaled onto [0, 1] first (a min-max map would not do: one far
+outlier squeezes every other score into a few float steps), which keeps every order and every tie
+exactly as it was, and AUROC, average precision and F1 depend on nothing else."""
 
 import math
 
@@ -25,11 +26,10 @@ RANKING = ("auroc", "auprc", "best_f1", "best_f1_threshold")
 AT_THRESHOLD = ("precision", "recall", "f1")
 
 
-def unit_interval(scores: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """Scores mapped onto [0, 1] in float64 (order kept), with the low and the span of the map."""
-    s = scores.detach().double().cpu()
-    low, span = float(s.min()), max(float(s.max() - s.min()), 1e-300)
-    return (s - low) / span, low, span
+def unit_interval(scores: torch.Tensor) -> torch.Tensor:
+    """Each score's dense rank among the distinct scores, scaled onto [0, 1], float64 (order and ties kept)."""
+    distinct, rank = torch.unique(scores.detach().double().cpu(), sorted=True, return_inverse=True)
+    return rank.double() / max(len(distinct) - 1, 1)
 
 
 def anomaly_report(scores: torch.Tensor, is_anomaly: torch.Tensor, threshold: float | None = None) -> dict[str, float]:
@@ -44,14 +44,14 @@ def anomaly_report(scores: torch.Tensor, is_anomaly: torch.Tensor, threshold: fl
     keys = RANKING + (AT_THRESHOLD if threshold is not None else ())
     if len(target) == 0 or target.min() == target.max() or not bool(torch.isfinite(scores).all()):
         return dict.fromkeys(keys, UNDEFINED)
-    ranked, _, _ = unit_interval(scores)
+    ranked = unit_interval(scores)
     report = {"auroc": float(binary_auroc(ranked, target)), "auprc": float(binary_average_precision(ranked, target))}
     precision, recall, thresholds = binary_precision_recall_curve(ranked, target)
     precision, recall = precision.double(), recall.double()
     f1 = (2 * precision * recall / (precision + recall).clamp_min(1e-300))[: len(thresholds)]  # 0 where both are
     best = int(f1.argmax())
-    # The threshold as the score it is (the curve's thresholds are the mapped scores, possibly
-    # rounded): the nearest mapped score's original value, so 'score >= threshold' flags exactly the
+    # The threshold as the score it is (the curve's thresholds are the mapped scores, possibly rounded
+    # to float32): the nearest mapped score's original value, so 'score >= threshold' flags exactly the
     # samples that reached this F1.
     nearest = int((ranked - float(thresholds[best])).abs().argmin())
     report |= {"best_f1": float(f1[best]), "best_f1_threshold": float(scores.detach().double().cpu()[nearest])}

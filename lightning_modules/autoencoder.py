@@ -172,7 +172,12 @@ class AutoEncoder(CnnlabModule):
             codes, losses = self.codes_and_losses(images)
             return torch.cat([codes.float(), losses.float()[:, None]], dim=1)
 
-        values = self.over_training_images(packed, self.latent_scores.fit_indices)
+        # A fixed random stream (the VAE's loss draws z): every rank fits the same Gaussians whatever its
+        # own stream has drawn so far, and the run's stream goes on as if the fit had not happened.
+        devices = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            values = self.over_training_images(packed, self.latent_scores.fit_indices)
         self.latent_scores.fit(values[:, :dim], values[:, dim])
 
     @override

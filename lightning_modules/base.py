@@ -154,8 +154,14 @@ class CnnlabModule(LightningModule):
         self.log(name, value, prog_bar=prog_bar)
 
     def log_epoch(self, stage: str) -> None:
+        trainer = self.running_trainer()
         for name, metric in self.epoch_metrics(stage).items():
-            if metric.update_called:
+            updated = metric.update_called
+            if trainer is not None and trainer.world_size > 1:
+                # A rank may have seen no sample that counts (no normal image in its share, in an anomaly
+                # run): every rank computes where any updated, or those that do would wait in its sync.
+                updated = trainer.strategy.reduce_boolean_decision(updated, all=False)
+            if updated:
                 self.log(f"{stage}/{name}", metric.compute(), prog_bar=name in self.prog_bar)
             # Outside inference mode: states reset inside it would be inference tensors, which a later
             # update outside it (fit's validation after a `validate`) may not change in place.

@@ -331,6 +331,16 @@ class GeoTrans(CnnlabModule):
         if fitting and self.reads_training_images("dirichlet"):
             self.fit_to_training_images()
 
+    @override
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # A checkpoint saved before every score had a standardisation lacks some: they keep their unfitted
+        # defaults (mean 0, std 1), which only matters for a score that `combine` does not name.
+        state = checkpoint.get("state_dict", {})
+        absent = [key for key in self.state_dict() if key.startswith("standardise.") and key not in state]
+        for key in absent:
+            state[key] = self.state_dict()[key]
+
     def fit_indices(self, n: int) -> torch.Tensor:
         """Which of n training images the Dirichlets and the standardisation are fitted on: FIT_IMAGES of
         those the k-NN banks keep (all, if fewer), drawn with a fixed generator, so that each is in the

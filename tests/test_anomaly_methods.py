@@ -466,3 +466,18 @@ def test_evaluation_loss_of_an_anomaly_run_counts_the_normal_images_only(mnist_r
             expected = per_image(model.eval(), data.model_input(images[keep])).mean()
         got = trainer.callback_metrics[f"{stage}/{metric}"]
         assert got.item() == pytest.approx(expected.item(), rel=1e-4), (stage, got, expected)
+
+
+def test_a_geotrans_checkpoint_from_before_every_score_was_standardised_still_loads():
+    """Checkpoints of the earlier GeoTrans kept a standardisation only for the scores in `combine`."""
+    from lightning_modules import GeoTrans
+
+    saved = GeoTrans(width=4, knn_k=2, combine=["dirichlet", "knn"])
+    saved.standardise["dirichlet"].mean.fill_(3.0)
+    state = {k: v for k, v in saved.state_dict().items() if not k.startswith(("standardise.loss", "standardise.knn"))}
+    checkpoint = {"state_dict": state}
+    loaded = GeoTrans(width=4, knn_k=2, combine=["dirichlet", "knn"])
+    loaded.on_load_checkpoint(checkpoint)
+    loaded.load_state_dict(checkpoint["state_dict"])  # strict: every key present again
+    assert float(loaded.standardise["dirichlet"].mean) == 3.0  # what the checkpoint held is kept
+    assert float(loaded.standardise["knn"].mean) == 0.0  # what it lacked keeps the unfitted default

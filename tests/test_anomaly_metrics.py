@@ -59,6 +59,15 @@ def test_auroc_and_best_f1_match_brute_force_on_random_scores_with_ties(seed):
     assert report["recall"] == pytest.approx(tp / int(anomalous.sum()), abs=1e-6)
 
 
+def test_a_far_outlier_does_not_tie_the_other_scores():
+    """A min-max map onto [0, 1] would squeeze 1 and 1.0000001 into one float next to -1e30."""
+    scores = torch.tensor([-1e30, 1.0, 1.0000001, 2.0], dtype=torch.float64)
+    anomalous = torch.tensor([False, False, True, True])
+    report = anomaly_report(scores, anomalous)
+    assert report["auroc"] == brute_force_auroc(scores, anomalous) == 1.0
+    assert report["best_f1"] == 1.0 and report["best_f1_threshold"] == 1.0000001
+
+
 def test_a_split_of_one_kind_has_undefined_metrics_not_missing_ones():
     report = anomaly_report(torch.rand(10), torch.zeros(10, dtype=torch.bool), threshold=0.5)
     assert set(report) == {"auroc", "auprc", "best_f1", "best_f1_threshold", "precision", "recall", "f1"}
