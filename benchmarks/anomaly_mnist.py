@@ -369,7 +369,7 @@ def print_tables(saved_runs: dict[str, list[dict]], baselines: dict[int, dict], 
             value, worst = row["worst"]
             print(
                 f"| {model}: {label} | {cells} | **{cell(row['mean'], row['spread'])}** "
-                f"| {row['seed_std_of_mean']:.3f} | {value:.3f} ({worst}) | {row['val']:.3f} | {minutes:.1f} |"
+                f"| {row['seed_std_of_mean']:.3f} | {value:.3f} ({worst}) | {row['val']:.4f} | {minutes:.1f} |"
             )
     if baselines:
         base = {d: baselines[d]["test"] for d in digits if d in baselines}
@@ -378,7 +378,7 @@ def print_tables(saved_runs: dict[str, list[dict]], baselines: dict[int, dict], 
         minutes = mean(b["cpu_seconds"] for b in baselines.values()) / 60
         print(
             f"| {BASELINE} | {cells} | **{cell(mean(base.values()), 0.0)}** | 0.000 | {base[worst]:.3f} ({worst}) "
-            f"| {mean(b['val'] for b in baselines.values()):.3f} | {minutes:.1f} |"
+            f"| {mean(b['val'] for b in baselines.values()):.4f} | {minutes:.1f} |"
         )
         print("The baseline learns nothing and draws nothing at random: the same for every seed (std 0).")
         print_against_baseline(rows_of, base, digits)
